@@ -129,5 +129,9 @@ class CounterActor(Actor):
                 client, name = self.waiting.pop(ticket, (None, ""))
                 if msg.ok:
                     ctx.reply_to(client, CounterValue(name=name, value=msg.value))
+                elif msg.error.code is ErrorCode.INTERNAL:
+                    # The text of an internal failure is for the operator's log, not the client.
+                    ctx.log.error("counter store failed: %s", msg.error)
+                    ctx.reply_to(client, Failure.of(ErrorCode.INTERNAL, "the counter store failed"))
                 else:
                     ctx.reply_to(client, Failure.of(msg.error.code, str(msg.error)))

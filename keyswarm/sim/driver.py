@@ -1,0 +1,570 @@
+"""The simulated driver: many nodes, one process, one event heap in virtual time.
+
+Owns the simulator's virtual time, its event heap, the seed, the cluster of
+simulated nodes (`keyswarm.sim.node.SimNode`, each the `Environment` of a
+real `NodeRuntime` running the real actors), the bytes between them, the
+simulated clients, crash and restart, and the trace.
+
+Rules (DESIGN section 2 "sim", STYLE on trio's MockClock and TigerBeetle's VOPR):
+- One heap of `(time, seq, kind, payload)`; `seq` is a counter, so events at
+  the same virtual time run in the order they were scheduled. Virtual time
+  only moves when the next event is popped; nothing reads a wall clock.
+- One `random.Random(seed)`. Everything random draws its own seed from it in
+  a fixed order: the network first, then per node (in node order, and again
+  at every restart) the runtime's generator (which seeds each actor), the
+  node's entropy and its service latencies. Seeded entropy is INSECURE BY
+  DESIGN: it exists so a run replays byte for byte. Never use it for real keys.
+- Bytes cross the simulated network: peer messages are encoded with the real
+  codec (`frames.encode_actor_frame`) by the sender and decoded by the
+  receiver; client requests and replies likewise. A codec bug shows up here.
+- Each event batch: all events at one virtual time are applied, then every
+  node they touched runs its actors until idle, in first-touched order. That
+  is what the real driver does (drain the sockets, then run), and it is what
+  lets a burst of simultaneous requests fill a bounded mailbox.
+- Invariants are assertions. `NodeRuntime` gets `propagate=(AssertionError,)`
+  so an actor's assertion stops the run instead of being supervised; every
+  assertion leaving the simulator carries the seed and the replay hint.
+- Nothing iterates a set of str/bytes: nodes, pending requests and stats are
+  dicts in insertion order, so PYTHONHASHSEED cannot change a trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import random
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from keyswarm.actors.messages import Failure
+from keyswarm.actors.runtime import ActorSpec, Address, ClientRef, Delivery, SupervisorPolicy
+from keyswarm.errors import DecodeError, ErrorCode, KeyswarmError, ServiceError, Unavailable
+from keyswarm.node.assembly import GATEWAY, node_actors, node_services
+from keyswarm.sim.network import CLIENT, DEFAULT_CLIENT_LINK, LinkProfile, Network
+from keyswarm.sim.node import ServiceLatency, SimNode
+from keyswarm.transport import frames
+
+log = logging.getLogger("keyswarm.sim")
+
+TRACE_MODES = ("full", "digest", "off")
+#: Longer message reprs are cut in trace lines (echo payloads may be megabytes).
+TRACE_REPR_MAX = 160
+
+# Event kinds. Payloads are tuples; `seq` makes heap entries unique, so a
+# payload is never compared.
+_PEER, _CLIENT_REQUEST, _CLIENT_REPLY, _TIMER, _SERVICE, _CALL, _TIMEOUT = range(7)
+
+
+class RequestTimeout(Unavailable):
+    """`Simulation.request` got no reply within its virtual timeout."""
+
+    def __init__(self, outcome: ClientOutcome, hint: str):
+        self.outcome = outcome
+        super().__init__(
+            f"request #{outcome.handle} {outcome.request!r} to {outcome.node} got no reply within "
+            f"{outcome.timeout_s} s of virtual time ({hint})"
+        )
+
+
+@dataclass(slots=True)
+class ClientOutcome:
+    """What became of one simulated client request."""
+
+    handle: int  # also the request id on the wire
+    node: str
+    request: object
+    sent_at: float  # virtual s
+    timeout_s: float
+    answered_at: float | None = None
+    reply: frames.Reply | None = None
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.reply is not None and self.reply.ok
+
+    @property
+    def code(self) -> str:
+        """"OK", "TIMEOUT", or the wire error code."""
+        if self.reply is None:
+            return "TIMEOUT"
+        return "OK" if self.reply.ok else str(self.reply.error.code)
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.answered_at is None else self.answered_at - self.sent_at
+
+
+@dataclass(slots=True)
+class SimStats:
+    events: int = 0
+    peer_sent: int = 0
+    peer_delivered: int = 0
+    peer_lost: int = 0  # network loss
+    peer_blocked: int = 0  # partitions
+    peer_duplicated: int = 0
+    dropped_crashed: int = 0  # in flight to a node that crashed (messages, requests, service results)
+    mailbox_full: int = 0
+    undeliverable: int = 0  # no such actor, or the actor stopped
+    timers: int = 0
+    service_calls: int = 0
+    client_sent: int = 0
+    client_answered: int = 0
+    client_timeouts: int = 0
+    client_late: int = 0  # replies that arrived after their request timed out
+    client_lost: int = 0  # requests or replies lost or blocked on a client link
+
+
+class Simulation:
+    """A cluster of simulated nodes, their clients and the network between them.
+
+    `nodes` is a count (names n1..nN) or a list of names. `actors(node)` and
+    `services(node)` build a node's actor specs and blocking services (default:
+    `node_actors()` and `node_services(None)`, as a real node); services are
+    rebuilt at every restart, so in-memory state dies with a crash.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        nodes: int | Sequence[str] = 3,
+        *,
+        link: LinkProfile | None = None,
+        client_link: LinkProfile = DEFAULT_CLIENT_LINK,
+        service_latency: ServiceLatency | Mapping[str, ServiceLatency] = ServiceLatency(),
+        actors: Sequence[ActorSpec] | Callable[[str], Sequence[ActorSpec]] | None = None,
+        services: Callable[[str], Mapping[str, object]] | None = None,
+        skew: Mapping[str, float] | None = None,
+        drift: Mapping[str, float] | None = None,
+        mailbox_capacity: int = 10_000,
+        service_queue_capacity: int = 10_000,
+        supervisor: SupervisorPolicy = SupervisorPolicy(),
+        gateway: str = GATEWAY,
+        request_timeout_s: float = 5.0,
+        trace: str = "full",
+        replay_hint: str | None = None,
+    ):
+        if trace not in TRACE_MODES:
+            raise ValueError(f"trace must be one of {TRACE_MODES}, got {trace!r}")
+        names = [f"n{i}" for i in range(1, nodes + 1)] if isinstance(nodes, int) else list(nodes)
+        if not names or len(dict.fromkeys(names)) != len(names) or CLIENT in names:
+            raise ValueError(f"node names must be unique, non-empty and not {CLIENT!r}: {names!r}")
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.stats = SimStats()
+        self.mailbox_capacity = mailbox_capacity
+        self.service_queue_capacity = service_queue_capacity
+        self.supervisor = supervisor
+        self.gateway = gateway
+        self.request_timeout_s = request_timeout_s
+        self._service_latency = service_latency
+        self._actors = actors
+        self._services = services
+        self._replay_hint = replay_hint
+        self._heap: list[tuple] = []
+        self._seq = 0
+        self._trace_mode = trace
+        self._tracing = trace != "off"
+        self._lines: list[str] = []
+        self._hash = hashlib.sha256()
+        #: Called as `observer(node, ref, msg)` for every reply a node sends a client (checkers).
+        self.reply_observers: list[Callable[[SimNode, ClientRef, object], None]] = []
+        #: Outcome of every finished client request, by handle (pending ones are absent).
+        self.replies: dict[int, ClientOutcome] = {}
+        self._pending: dict[int, ClientOutcome] = {}
+        self._next_handle = 1
+        self.network = Network(random.Random(self.rng.getrandbits(64)), default=link or LinkProfile(), client=client_link)
+        self.nodes: dict[str, SimNode] = {name: SimNode(self, name) for name in names}
+        for name in [*(skew or {}), *(drift or {})]:
+            self.node(name)  # refuse clock settings for nodes that do not exist
+        for name, node in self.nodes.items():
+            node.set_clock((skew or {}).get(name, 0.0), (drift or {}).get(name, 0.0))
+        self._guard(self._boot_all)
+
+    # --- building nodes ------------------------------------------------------------
+
+    def _actors_for(self, node: str) -> list[ActorSpec]:
+        if self._actors is None:
+            return node_actors()
+        return list(self._actors(node) if callable(self._actors) else self._actors)
+
+    def _services_for(self, node: str) -> Mapping[str, object]:
+        return node_services(None) if self._services is None else self._services(node)
+
+    def service_latency_of(self, service: str) -> ServiceLatency:
+        model = self._service_latency
+        if isinstance(model, ServiceLatency):
+            return model
+        return model.get(service) or ServiceLatency()
+
+    def _boot_all(self) -> None:
+        for node in self.nodes.values():
+            node._boot()
+            self._trace(node.name, "boot", f"incarnation={node.incarnations}")
+            node.drain()
+
+    # --- looking at the cluster ----------------------------------------------------
+
+    def node(self, name: str) -> SimNode:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise ValueError(f"no node {name!r} in this simulation (nodes: {', '.join(self.nodes)})") from None
+
+    def live_nodes(self) -> list[SimNode]:
+        return [node for node in self.nodes.values() if node.up]
+
+    def pending(self) -> tuple[int, ...]:
+        """Handles of client requests neither answered nor timed out yet."""
+        return tuple(self._pending)
+
+    def replay_hint(self) -> str:
+        return self._replay_hint or (
+            f"reproduce with seed={self.seed}: pytest --sim-seed={self.seed} <the failing test>, "
+            f"or keyswarm sim --seed {self.seed} <the same options>"
+        )
+
+    # --- faults --------------------------------------------------------------------
+
+    def crash(self, name: str) -> None:
+        """Kill a node: its runtime, services, timers and every message in flight to it are gone."""
+        node = self.node(name)
+        if node.up:
+            node._crash()
+            self._trace(name, "crash", f"epoch={node.epoch}")
+
+    def restart(self, name: str) -> None:
+        """Boot a crashed node afresh: new runtime, new services, new seeds."""
+        node = self.node(name)
+        if node.up:
+            raise ValueError(f"node {name} is up; crash it first")
+        self._guard(self._restart, node)
+
+    def _restart(self, node: SimNode) -> None:
+        node._boot()
+        self._trace(node.name, "boot", f"incarnation={node.incarnations}")
+        node.drain()
+
+    def set_skew(self, name: str, offset_s: float, *, drift: float = 0.0) -> None:
+        """Make `name`'s clock read virtual time + `offset_s` (drifting by `drift` s/s) from now on."""
+        node = self.node(name)
+        node.set_clock(offset_s, drift)
+        self._trace(name, "skew", f"offset={offset_s!r} drift={drift!r}")
+
+    def at(self, time_s: float, action: Callable[[], None], label: str) -> None:
+        """Run `action` at virtual `time_s` (faults on a schedule); `label` goes in the trace."""
+        self._push(max(time_s, self.now), _CALL, (action, label))
+
+    # --- clients -----------------------------------------------------------------------
+
+    def submit(self, node: str, msg: object, *, timeout_s: float | None = None, client: bytes = b"client") -> int:
+        """Send a client request to `node`'s gateway; returns its handle (see `replies`)."""
+        target = self.node(node)
+        timeout = self.request_timeout_s if timeout_s is None else timeout_s
+        if not 0 < timeout < float("inf"):
+            raise ValueError(f"a request timeout must be a positive finite number of seconds, got {timeout!r}")
+        handle = self._next_handle
+        self._next_handle += 1
+        frame = frames.encode_request(handle, msg)
+        self._pending[handle] = ClientOutcome(handle=handle, node=node, request=msg, sent_at=self.now, timeout_s=timeout)
+        self.stats.client_sent += 1
+        fate = self.network.transit(CLIENT, node, self.now, allow_duplicate=False)
+        if self._tracing:
+            self._trace(CLIENT, "request", f"#{handle} {client!r}->{node} {_show(msg)} {_fate(fate)}")
+        if not fate.arrivals:
+            self.stats.client_lost += 1
+        for arrival in fate.arrivals:
+            self._push(arrival, _CLIENT_REQUEST, (target, target.epoch, client, frame))
+        self._push(self.now + timeout, _TIMEOUT, (handle,))
+        return handle
+
+    def request(self, node: str, msg: object, *, timeout_s: float = 5.0) -> frames.Reply:
+        """Send one request and run virtual time until its reply.
+
+        Returns the decoded `Reply` (an error reply is a `Reply` too, `ok` false).
+        Raises `RequestTimeout` when no reply came within `timeout_s` of
+        virtual time; the outcome is recorded in `replies` either way.
+        """
+        handle = self.submit(node, msg, timeout_s=timeout_s)
+        self.run_until(lambda: handle in self.replies, max_s=timeout_s)
+        outcome = self.replies[handle]
+        if outcome.timed_out:
+            raise RequestTimeout(outcome, self.replay_hint())
+        return outcome.reply
+
+    # --- running -----------------------------------------------------------------------
+
+    def run_for(self, seconds: float) -> None:
+        """Process every event up to `now + seconds`; virtual time ends there."""
+        deadline = self.now + seconds
+        self._guard(self._run, deadline, None)
+        self.now = max(self.now, deadline)
+
+    def run_until(self, predicate: Callable[[], bool], *, max_s: float) -> bool:
+        """Process events until `predicate()` holds (checked after each batch) or `max_s` passes.
+
+        Returns whether the predicate held; on False virtual time is `now + max_s`.
+        """
+        deadline = self.now + max_s
+        if predicate():
+            return True
+        if self._guard(self._run, deadline, predicate):
+            return True
+        self.now = max(self.now, deadline)
+        return False
+
+    def _run(self, deadline: float, predicate: Callable[[], bool] | None) -> bool:
+        heap = self._heap
+        while heap and heap[0][0] <= deadline:
+            self._step()
+            if predicate is not None and predicate():
+                return True
+        return False
+
+    def _guard(self, fn: Callable, *args: object) -> object:
+        """Run `fn`, stamping any invariant violation with the seed and replay hint."""
+        try:
+            return fn(*args)
+        except AssertionError as exc:
+            note = f"[sim seed={self.seed} t={self.now:.9f}] {self.replay_hint()}"
+            if note not in getattr(exc, "__notes__", ()):
+                exc.add_note(note)
+            raise
+
+    def _schedule_service(self, node: SimNode, done: float, service: str, ticket: int, request: object) -> None:
+        if self._tracing:
+            self._trace(node.name, "ask", f"{service} #{ticket} {_show(request)} done@{done:.9f}")
+        self._push(done, _SERVICE, (node, node.epoch, service, ticket, request))
+
+    def _schedule_wake(self, node: SimNode, at: float, arm_seq: int) -> None:
+        self._push(at, _TIMER, (node, node.epoch, arm_seq))
+
+    def _push(self, time: float, kind: int, payload: tuple) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (time, self._seq, kind, payload))
+
+    def _step(self) -> None:
+        heap = self._heap
+        now = heap[0][0]
+        assert now >= self.now, f"virtual time went back: {self.now} -> {now}"
+        self.now = now
+        touched: dict[str, SimNode] = {}
+        handlers = self._handlers
+        while heap and heap[0][0] == now:
+            _, _, kind, payload = heapq.heappop(heap)
+            self.stats.events += 1
+            node = handlers[kind](self, *payload)
+            if node is not None:
+                touched[node.name] = node
+        for node in touched.values():
+            node.drain()
+
+    # --- event handlers (each returns the node it touched, or None) --------------------
+
+    def _on_peer(self, dst: SimNode, epoch: int, src: str, frame: bytes) -> SimNode | None:
+        if not dst.up or dst.epoch != epoch:
+            self.stats.dropped_crashed += 1
+            if self._tracing:
+                self._trace(dst.name, "drop", f"from {src}: node crashed ({len(frame)}B)")
+            return None
+        try:
+            decoded = frames.decode_actor_frame(frame)
+        except DecodeError as exc:
+            raise AssertionError(f"a frame the simulator encoded does not decode: {exc}") from exc
+        sender = Address(src, decoded.from_actor)
+        result = dst.runtime.deliver(decoded.to_actor, sender, decoded.message)
+        if result is Delivery.QUEUED:
+            self.stats.peer_delivered += 1
+        elif result is Delivery.FULL:
+            self.stats.mailbox_full += 1
+        else:
+            self.stats.undeliverable += 1
+        if self._tracing:
+            self._trace(dst.name, "deliver", f"{sender}->{decoded.to_actor} {_show(decoded.message)} {result.value}")
+        return dst
+
+    def _on_client_request(self, node: SimNode, epoch: int, identity: bytes, frame: bytes) -> SimNode | None:
+        if not node.up or node.epoch != epoch:
+            self.stats.dropped_crashed += 1
+            if self._tracing:
+                self._trace(node.name, "drop", f"client request from {identity!r}: node crashed")
+            return None
+        try:
+            request_id, msg = frames.decode_request(frame)
+        except DecodeError as exc:
+            raise AssertionError(f"a request the simulator encoded does not decode: {exc}") from exc
+        ref = ClientRef(node.name, identity, request_id)
+        result = node.runtime.deliver(self.gateway, ref, msg)
+        if self._tracing:
+            self._trace(node.name, "accept", f"#{request_id} {_show(msg)} {result.value}")
+        # As the real driver does: a refused request is answered, never dropped.
+        if result is Delivery.FULL:
+            self.stats.mailbox_full += 1
+            node.reply_client(ref, Failure.of(ErrorCode.BUSY, "the gateway is over its queue bound"))
+        elif result is not Delivery.QUEUED:
+            node.reply_client(ref, Failure.of(ErrorCode.UNAVAILABLE, f"the gateway is {result.value}"))
+        return node
+
+    def _on_client_reply(self, node: str, identity: bytes, frame: bytes) -> None:
+        try:
+            reply = frames.decode_reply(frame)
+        except DecodeError as exc:
+            raise AssertionError(f"a reply the simulator encoded does not decode: {exc}") from exc
+        handle = reply.request_id
+        outcome = self._pending.pop(handle, None)
+        if outcome is None:
+            done = self.replies.get(handle)
+            assert done is not None, f"reply from {node} for request #{handle}, which nobody sent"
+            assert done.timed_out, f"request #{handle} answered twice: {done.reply!r} then {reply!r}"
+            self.stats.client_late += 1
+            if self._tracing:
+                self._trace(CLIENT, "late-reply", f"#{handle} from {node} {_reply_text(reply)}")
+            return None
+        assert outcome.node == node, f"request #{handle} went to {outcome.node} but {node} answered"
+        outcome.answered_at = self.now
+        outcome.reply = reply
+        self.replies[handle] = outcome
+        self.stats.client_answered += 1
+        if self._tracing:
+            self._trace(CLIENT, "reply", f"#{handle} from {node} {_reply_text(reply)}")
+        return None
+
+    def _on_timer(self, node: SimNode, epoch: int, arm_seq: int) -> SimNode | None:
+        if not node.up or node.epoch != epoch or node._arm_seq != arm_seq:
+            return None  # stale: crashed since, or superseded by an earlier wake
+        node._armed = None
+        fired = node.runtime.fire_timers()
+        self.stats.timers += fired
+        if self._tracing:
+            self._trace(node.name, "timer", f"fired={fired} clock={node.monotonic():.9f}")
+        return node
+
+    def _on_service(self, node: SimNode, epoch: int, service: str, ticket: int, request: object) -> SimNode | None:
+        if not node.up or node.epoch != epoch:
+            self.stats.dropped_crashed += 1
+            if self._tracing:
+                self._trace(node.name, "drop", f"{service} #{ticket}: node crashed")
+            return None
+        node._outstanding[service] -= 1
+        value: object = None
+        error: KeyswarmError | None = None
+        try:
+            value = node.services[service].handle(request)
+        except KeyswarmError as exc:
+            error = exc
+        except AssertionError:
+            raise
+        except Exception as exc:  # a bug in the service: the asking actor sees ServiceError
+            log.exception("service %s on %s failed on %s", service, node.name, type(request).__name__)
+            error = ServiceError(f"service {service} failed: {type(exc).__name__}: {exc}")
+        if self._tracing:
+            outcome = f"error={type(error).__name__}({error})" if error is not None else f"value={_show(value)}"
+            self._trace(node.name, "service", f"{service} #{ticket} {outcome}")
+        node.runtime.complete(ticket, value=value, error=error)
+        return node
+
+    def _on_call(self, action: Callable[[], None], label: str) -> None:
+        self._trace("-", "call", label)
+        action()
+        return None
+
+    def _on_timeout(self, handle: int) -> None:
+        outcome = self._pending.pop(handle, None)
+        if outcome is None:
+            return None  # answered in time
+        outcome.timed_out = True
+        self.replies[handle] = outcome
+        self.stats.client_timeouts += 1
+        self._trace(CLIENT, "timeout", f"#{handle} to {outcome.node} after {outcome.timeout_s!r} s")
+        return None
+
+    _handlers = (_on_peer, _on_client_request, _on_client_reply, _on_timer, _on_service, _on_call, _on_timeout)
+
+    # --- what nodes send ------------------------------------------------------------
+
+    def _send_peer(self, src: SimNode, to: Address, sender: Address, msg: object) -> bool:
+        dst = self.nodes.get(to.node)
+        if dst is None:
+            return False  # unknown peer: refused at once, as the real driver does
+        frame = frames.encode_actor_frame(to.actor, sender.actor, msg)
+        fate = self.network.transit(src.name, dst.name, self.now)
+        stats = self.stats
+        stats.peer_sent += 1
+        if fate.dropped == "loss":
+            stats.peer_lost += 1
+        elif fate.dropped == "partition":
+            stats.peer_blocked += 1
+        if fate.duplicated:
+            stats.peer_duplicated += 1
+        if self._tracing:
+            self._trace(
+                src.name, "send",
+                f"{sender.actor}->{to} {_show(msg)} {len(frame)}B crc={zlib.crc32(frame):08x} {_fate(fate)}",
+            )
+        for arrival in fate.arrivals:
+            self._push(arrival, _PEER, (dst, dst.epoch, src.name, frame))
+        # True even when the network drops it: a sender cannot see loss.
+        return True
+
+    def _reply_client(self, node: SimNode, ref: ClientRef, msg: object) -> bool:
+        assert ref.node == node.name, f"{node.name} answers a request made to {ref.node}: {ref!r}"
+        if type(msg) is Failure:
+            frame = frames.encode_error(
+                ref.request_id, msg.code, msg.message, retryable=msg.retryable, redirect=msg.redirect
+            )
+        else:
+            frame = frames.encode_reply(ref.request_id, msg)
+        for observer in self.reply_observers:
+            observer(node, ref, msg)
+        fate = self.network.transit(node.name, CLIENT, self.now, allow_duplicate=False)
+        if self._tracing:
+            self._trace(node.name, "answer", f"#{ref.request_id} {_show(msg)} {_fate(fate)}")
+        if not fate.arrivals:
+            self.stats.client_lost += 1
+        for arrival in fate.arrivals:
+            self._push(arrival, _CLIENT_REPLY, (node.name, ref.identity, frame))
+        return True
+
+    # --- trace ---------------------------------------------------------------------
+
+    def _trace(self, node: str, kind: str, text: str) -> None:
+        if not self._tracing:
+            return
+        line = f"{self.now:.9f} {node} {kind} {text}"
+        self._hash.update(line.encode("utf-8", "backslashreplace") + b"\n")
+        if self._trace_mode == "full":
+            self._lines.append(line)
+
+    def trace_lines(self) -> list[str]:
+        """Every traced event so far (needs `trace="full"`)."""
+        if self._trace_mode != "full":
+            raise ValueError(f"trace lines are kept only with trace='full' (this run: {self._trace_mode!r})")
+        return list(self._lines)
+
+    def trace_digest(self) -> str:
+        """SHA-256 (hex) of the trace so far: equal digests, equal runs."""
+        if not self._tracing:
+            raise ValueError("this simulation runs with trace='off'; there is no digest")
+        return self._hash.hexdigest()
+
+
+def _show(obj: object) -> str:
+    """A message's repr for the trace, capped; a crc of the full repr keeps the digest exact."""
+    text = repr(obj)
+    if len(text) <= TRACE_REPR_MAX:
+        return text
+    return f"{text[:TRACE_REPR_MAX]}...[{len(text)} chars crc={zlib.crc32(text.encode('utf-8', 'backslashreplace')):08x}]"
+
+
+def _fate(fate) -> str:
+    if not fate.arrivals:
+        return f"dropped:{fate.dropped}"
+    marks = ("dup " if fate.duplicated else "") + ("reordered " if fate.reordered else "")
+    return marks + "at=" + ",".join(f"{t:.9f}" for t in fate.arrivals)
+
+
+def _reply_text(reply: frames.Reply) -> str:
+    return f"ok {_show(reply.value)}" if reply.ok else f"error {_show(reply.error)}"
