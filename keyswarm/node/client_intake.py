@@ -163,7 +163,7 @@ class ClientIntake:
         self.counters = dict.fromkeys(
             (
                 "client_frames_in", "replies_out", "busy_replies", "reply_drops_busy", "reply_drops_gone",
-                "reply_drops_error", "late_replies", "expired", "encode_failures",
+                "reply_drops_error", "late_replies", "expired", "encode_failures", "oversized_replies",
             ),
             0,
         )
@@ -232,6 +232,12 @@ class ClientIntake:
             self.counters["encode_failures"] += 1
             self._ratelog.warning("encode", "node %s cannot encode reply %s: %s", self.node_id, type(msg).__name__, exc)
             data = frames.encode_error(ref.request_id, ErrorCode.INTERNAL, "the node could not encode its reply")
+        if len(data) > self._max_frame:
+            # The client would refuse it as TOO_LARGE anyway; say so in a frame it can read.
+            self.counters["oversized_replies"] += 1
+            data = frames.encode_error(
+                ref.request_id, ErrorCode.TOO_LARGE, f"the reply of {len(data)} bytes is over the frame limit of {self._max_frame}"
+            )
         return self._send(ref.identity, data)
 
     def expire(self, now: float) -> int:

@@ -124,7 +124,10 @@ def test_frame_at_the_limit_is_served_and_one_byte_more_is_too_large(
     overhead = len(frames.encode_request(3, Echo(payload=b"x" * 1000))) - 1000
     at_limit = frames.encode_request(3, Echo(payload=b"x" * (MAX_FRAME - overhead)))
     assert len(at_limit) == MAX_FRAME
-    assert exchange(raw, at_limit).ok
+    served = exchange(raw, at_limit)
+    # The request is read and served; its echo is bigger than the request,
+    # so the answer is the node refusing to send an oversized *reply*.
+    assert served.error.code is ErrorCode.TOO_LARGE and served.error.message.startswith("the reply of"), served
     over = frames.encode_request(4, Echo(payload=b"x" * (MAX_FRAME - overhead + 1)))
     assert len(over) == MAX_FRAME + 1
     reply = exchange(raw, over)
@@ -319,4 +322,21 @@ def test_plain_client_sees_too_large_as_its_answer(node: NodeThread, client: Pla
     with pytest.raises(RequestFailed) as failed:
         client.call(Echo(payload=b"x" * MAX_FRAME), timeout_s=5.0)
     assert failed.value.code is ErrorCode.TOO_LARGE and not failed.value.retryable
+    assert client.call(Echo(payload=b"ok")).payload == b"ok"
+
+
+def test_reply_over_the_frame_limit_becomes_too_large(node: NodeThread, client: PlainClient) -> None:
+    # A request just under the limit whose reply (payload + node id + keys) is over it:
+    # the node answers TOO_LARGE in a frame the client can read, not an oversized reply.
+    sizes = [MAX_FRAME - 40 - extra for extra in range(0, 40)]
+    outcomes = set()
+    for size in sizes:
+        try:
+            client.call(Echo(payload=b"x" * size), timeout_s=5.0)
+            outcomes.add("ok")
+        except RequestFailed as failed:
+            assert failed.code is ErrorCode.TOO_LARGE, failed
+            outcomes.add("too_large")
+    assert "too_large" in outcomes, "no size in the sweep produced a reply over the limit"
+    assert node.stats()["oversized_replies"] >= 1
     assert client.call(Echo(payload=b"ok")).payload == b"ok"
