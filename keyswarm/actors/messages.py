@@ -5,6 +5,8 @@ defaults. Ranges (see docs/protocol.md):
   0x0001-0x00FF  runtime and system messages
   0x0100-0x01FF  client operations of the foundation (health, echo, ping, counter)
   0x0200-0x02FF  peer messages of the foundation's actors
+  0x0300-0x03FF  the event log (keyswarm/storage)
+  0x0400-0x04FF  typed event bodies (keyswarm/storage/bodies.py)
   0xF000-0xFFFF  reserved for tests
 Client-facing messages carry an `op`: requests name the operation
 (`health`), results the answer (`health.result`).

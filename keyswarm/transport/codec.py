@@ -16,7 +16,8 @@ Rules:
   missing trailing fields from their defaults.
 - Tag ranges (docs/protocol.md): 0x0001-0x00FF runtime and system,
   0x0100-0x01FF client operations of the foundation, 0x0200-0x02FF peer
-  messages of the foundation, 0xF000-0xFFFF reserved for tests (never on a
+  messages of the foundation, 0x0300-0x03FF the event log, 0x0400-0x04FF
+  typed event bodies, 0xF000-0xFFFF reserved for tests (never on a
   real network; each test module takes its own 0x100 block so they never
   collide: test_codec 0xF0xx, test_frames 0xF1xx).
 - Only client-visible messages have an `op`; it names them in the map form.
