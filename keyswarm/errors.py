@@ -128,6 +128,12 @@ class KeyNotFound(KeyswarmError):
     code = ErrorCode.KEY_NOT_FOUND
 
 
+class DecryptFailed(KeyswarmError):
+    """Ciphertext or a sealed envelope did not authenticate: tampered, truncated, or for another key."""
+
+    code = ErrorCode.DECRYPT_FAILED
+
+
 class StorageError(KeyswarmError):
     pass
 

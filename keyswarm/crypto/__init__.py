@@ -1,4 +1,8 @@
-"""Certificates, handshake, session AEAD, ciphertext envelope, named-key algorithms, sealing.
+"""Cryptography of the network's trust model.
 
-Empty until the PKI and key-service issues land.
+- `certificates`: X.509 root / node / sub-key / client certificates signed
+  through a token, identity URIs, network ids.
+- `chain_verify`: chain verification with a reason on every failure.
+- `sealing`: secrets sealed to a token (at rest) or to an X25519 key (HPKE),
+  and the domain key.
 """
