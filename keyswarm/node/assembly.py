@@ -2,33 +2,92 @@
 
 Both drivers build nodes from here, so the simulator runs exactly the actors
 a real node runs. Later issues add their actors and services to these lists.
+
+The storage parts need the world: the event log (LMDB under `data_dir`, or
+a non-durable MemoryLog without one) and the node's signing key. The real
+driver gets both from `open_node_storage(config)`; the simulator gives each
+node a MemoryLog that outlives its crashes and a key derived from the seed.
+`node_actors()` and `node_services()` take them as arguments and do no I/O.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from keyswarm.actors.demo import CounterActor, EchoActor, PingerActor
 from keyswarm.actors.gateway import Gateway
 from keyswarm.actors.runtime import ActorSpec
+from keyswarm.actors.storage import StorageActor
+from keyswarm.config import NodeConfig, StorageConfig
+from keyswarm.node.event_log_service import SNAPSHOT_EVERY_EVENTS, EventLogService, open_node_log
+from keyswarm.node.node_key import node_signing_key
 from keyswarm.node.services import BlockingService, CounterStore
+from keyswarm.storage.log import EventLog
 
 #: The actor every client request is delivered to.
 GATEWAY = "gateway"
 
 
-def node_actors() -> list[ActorSpec]:
-    """The node's actors in start order (the order also fixes their RNG seeds)."""
+def node_actors(storage: StorageConfig | None = None, *, signer_key: bytes | None = None) -> list[ActorSpec]:
+    """The node's actors in start order (the order also fixes their RNG seeds).
+
+    `signer_key` is the node's Ed25519 signing key; without one the storage
+    actor refuses every append (for tests that never write events).
+    """
+    settings = storage or StorageConfig()
+
+    def storage_actor() -> StorageActor:
+        return StorageActor(
+            signer_key=signer_key,
+            partitions=settings.partitions,
+            max_events=settings.group_commit_max_events,
+            max_delay_s=settings.group_commit_max_delay_ms / 1000.0,
+        )
+
     return [
         ActorSpec(GATEWAY, Gateway),
         ActorSpec(EchoActor.name, EchoActor),
         ActorSpec(PingerActor.name, PingerActor),
         ActorSpec(CounterActor.name, CounterActor),
+        ActorSpec(StorageActor.name, storage_actor),
     ]
 
 
-def node_services(data_dir: str | None) -> dict[str, BlockingService]:
-    """The node's blocking services; `data_dir` empty or None keeps them in memory."""
+def node_services(
+    data_dir: str | None, *, event_log: EventLog | None = None, snapshot_every: int = SNAPSHOT_EVERY_EVENTS,
+) -> dict[str, BlockingService]:
+    """The node's blocking services; `data_dir` empty or None keeps the counters
+    in memory. Without `event_log` there is no `event-log` service (and the
+    storage actor keeps retrying its head load)."""
     counter_path = os.path.join(data_dir, "counters.json") if data_dir else None
     services: list[BlockingService] = [CounterStore(counter_path)]
+    if event_log is not None:
+        services.append(EventLogService(event_log, snapshot_every=snapshot_every))
     return {service.name: service for service in services}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStorage:
+    """A real node's opened event log and its signing key."""
+
+    event_log: EventLog
+    signer_key: bytes
+
+
+def open_node_storage(config: NodeConfig) -> NodeStorage:
+    """Open the node's event log (checked) and its signing key (checked against the log's chain).
+
+    With `data_dir`: `data_dir/log` (LMDB) and `data_dir/node-signing.key`.
+    Without: a MemoryLog and a key from `os.urandom` that dies with the
+    process, like the events. `KeyswarmError` naming the file when either
+    is damaged or they do not belong together: the node must not start.
+    """
+    event_log = open_node_log(config)
+    try:
+        data_dir = config.node.data_dir
+        key = node_signing_key(data_dir, event_log, config.node.id) if data_dir else os.urandom(32)
+    except BaseException:
+        event_log.close()
+        raise
+    return NodeStorage(event_log=event_log, signer_key=key)

@@ -46,7 +46,7 @@ import zmq
 from keyswarm.actors.runtime import ActorSpec, Address, ClientRef, Delivery, NodeRuntime, SupervisorPolicy
 from keyswarm.config import NodeConfig
 from keyswarm.errors import ConfigError, KeyswarmError, ProtocolError, Unavailable
-from keyswarm.node.assembly import GATEWAY, node_actors, node_services
+from keyswarm.node.assembly import GATEWAY, node_actors, node_services, open_node_storage
 from keyswarm.node.client_intake import ClientIntake, InflightRequests, RateLimitedLog
 from keyswarm.node.service_threads import ServiceThreads
 from keyswarm.node.services import BlockingService
@@ -106,10 +106,17 @@ class NodeDriver:
         self.peer_endpoint = config.node.peer_endpoint
         self._given_context = zmq_context
         self._context: zmq.Context | None = None
+        # The event log and signing key (KeyswarmError when either is damaged:
+        # the node refuses to start). The log is closed with the services.
+        storage = open_node_storage(config) if actors is None or services is None else None
+        if services is None:
+            services = node_services(config.node.data_dir or None, event_log=storage.event_log)
+        elif storage is not None:
+            storage.event_log.close()  # opened for the key check only: the given services bring their own
         rt = config.runtime
         self.runtime = NodeRuntime(
             self.node_id,
-            node_actors() if actors is None else actors,
+            node_actors(config.storage, signer_key=storage.signer_key) if actors is None else actors,
             self,
             rng=random.Random(int.from_bytes(os.urandom(8))),
             mailbox_capacity=config.limits.mailbox_capacity,
@@ -121,7 +128,7 @@ class NodeDriver:
             ),
         )
         self._services = ServiceThreads(
-            node_services(config.node.data_dir or None) if services is None else services,
+            services,
             queue_capacity=config.limits.mailbox_capacity,
             complete=self._complete,
             after_batch=self._pump,
@@ -488,7 +495,11 @@ def run_node(config: NodeConfig) -> int:
     `runtime.shutdown_grace_s`); a second one stops at once. Returns 0 after a
     clean drain, 1 when work was abandoned, 2 when the node could not start.
     """
-    driver = NodeDriver(config)
+    try:
+        driver = NodeDriver(config)  # opens the event log and the signing key
+    except KeyswarmError as exc:
+        log.error("node %s could not start: %s", config.node.id, exc)
+        return 2
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name

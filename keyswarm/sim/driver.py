@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from keyswarm.actors.messages import Failure
 from keyswarm.actors.runtime import ActorSpec, Address, ClientRef, Delivery, SupervisorPolicy
+from keyswarm.config import StorageConfig
 from keyswarm.errors import DecodeError, ErrorCode, KeyswarmError, ServiceError, Unavailable
 from keyswarm.node.assembly import GATEWAY, node_actors, node_services
 from keyswarm.sim.network import CLIENT, DEFAULT_CLIENT_LINK, LinkProfile, Network
@@ -122,8 +123,11 @@ class Simulation:
 
     `nodes` is a count (names n1..nN) or a list of names. `actors(node)` and
     `services(node)` build a node's actor specs and blocking services (default:
-    `node_actors()` and `node_services(None)`, as a real node); services are
-    rebuilt at every restart, so in-memory state dies with a crash.
+    `node_actors(storage, signer_key=...)` and `node_services(None,
+    event_log=...)`, as a real node); services are rebuilt at every restart,
+    so in-memory state dies with a crash, except each node's event log, its
+    disk (`SimNode.event_log`), which loses only what was not yet committed.
+    `storage` sets the partitions and group commit of every node.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class Simulation:
         request_timeout_s: float = 5.0,
         trace: str = "full",
         replay_hint: str | None = None,
+        storage: StorageConfig | None = None,
     ):
         if trace not in TRACE_MODES:
             raise ValueError(f"trace must be one of {TRACE_MODES}, got {trace!r}")
@@ -152,6 +157,7 @@ class Simulation:
         if not names or len(dict.fromkeys(names)) != len(names) or CLIENT in names:
             raise ValueError(f"node names must be unique, non-empty and not {CLIENT!r}: {names!r}")
         self.seed = seed
+        self.storage = storage or StorageConfig()
         self.rng = random.Random(seed)
         self.now = 0.0
         self.stats = SimStats()
@@ -188,11 +194,13 @@ class Simulation:
 
     def _actors_for(self, node: str) -> list[ActorSpec]:
         if self._actors is None:
-            return node_actors()
+            return node_actors(self.storage, signer_key=self.nodes[node].signing_key)
         return list(self._actors(node) if callable(self._actors) else self._actors)
 
     def _services_for(self, node: str) -> Mapping[str, object]:
-        return node_services(None) if self._services is None else self._services(node)
+        if self._services is None:
+            return node_services(None, event_log=self.nodes[node].event_log)
+        return self._services(node)
 
     def service_latency_of(self, service: str) -> ServiceLatency:
         model = self._service_latency
@@ -233,8 +241,8 @@ class Simulation:
         """Kill a node: its runtime, services, timers and every message in flight to it are gone."""
         node = self.node(name)
         if node.up:
-            node._crash()
-            self._trace(name, "crash", f"epoch={node.epoch}")
+            lost = node._crash()
+            self._trace(name, "crash", f"epoch={node.epoch} lost_staged_events={lost}")
 
     def restart(self, name: str) -> None:
         """Boot a crashed node afresh: new runtime, new services, new seeds."""

@@ -15,24 +15,43 @@ Rules:
 - A wake-up is scheduled at the first virtual time when the node's clock
   reads at least the deadline, rounding included, so a due timer really fires.
 - Services run one request at a time per service, in FIFO order, each taking
-  its modelled latency (the real driver has one thread per service).
+  its modelled latency (the real driver has one thread per service). A
+  service may define `on_submit(request)`, called when a request is
+  submitted; `handle` runs when its latency is over. The event log uses it
+  to model write-then-fsync: staged at submit, committed at completion.
+- The node's disk is its `event_log` (a `MemoryLog`): it outlives crashes
+  and restarts. A crash loses exactly what was staged and not committed;
+  each boot opens a new handle on the same data.
+- The node's signing key is derived from the run's seed and the node's name
+  (`simulated_signing_key`), so it is the same key at every boot, as a key
+  file on disk would be.
 - Seeded entropy is INSECURE BY DESIGN (replayable runs); tests only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from keyswarm.actors.runtime import Address, ClientRef, NodeRuntime
+from keyswarm.storage.memory_log import MemoryLog
 
 if TYPE_CHECKING:
     from keyswarm.sim.driver import Simulation
 
 #: A node's wall clock reads this plus its monotonic clock (2023-11-14, fixed so traces replay).
 WALL_EPOCH_S = 1_700_000_000.0
+
+
+def simulated_signing_key(seed: int, node: str) -> bytes:
+    """The signing key of simulated node `node` in the run of `seed` (INSECURE: anyone knowing the seed has it).
+
+    Derived, not drawn from the run's `Random`, so adding it changed no other seed."""
+    material = seed.to_bytes(16, "big", signed=True) + node.encode("utf-8")
+    return hashlib.blake2b(material, digest_size=32, person=b"keyswarm.simkey").digest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +81,10 @@ class SimNode:
         self.incarnations = 0
         self.runtime: NodeRuntime | None = None
         self.services: dict[str, object] = {}
+        #: The node's disk: survives crashes; a new handle at every boot (and after a crash, for checkers).
+        self.event_log = MemoryLog(node_id=name, partitions=sim.storage.partitions)
+        self.signing_key = simulated_signing_key(sim.seed, name)
+        self.lost_events = 0  # staged events lost by crashes, in total
         self._entropy = random.Random(0)
         self._service_rng = random.Random(0)
         self._busy_until: dict[str, float] = {}  # service -> virtual time it is free (FIFO, one at a time)
@@ -101,6 +124,9 @@ class SimNode:
         if outstanding >= sim.service_queue_capacity:
             return False
         self._outstanding[service] = outstanding + 1
+        on_submit = getattr(self.services[service], "on_submit", None)
+        if on_submit is not None:
+            on_submit(request)
         model = sim.service_latency_of(service)
         latency = max(0.0, model.mean_s + self._service_rng.uniform(-model.jitter_s, model.jitter_s))
         done = max(sim.now, self._busy_until.get(service, 0.0)) + latency
@@ -159,6 +185,7 @@ class SimNode:
         self._service_rng = random.Random(sim.rng.getrandbits(64))
         self.epoch += 1
         self.incarnations += 1
+        self.event_log = self.event_log.reopen()  # the disk outlives the process; the handle does not
         self.services = dict(sim._services_for(self.name))
         self._busy_until = {}
         self._outstanding = {}
@@ -175,12 +202,17 @@ class SimNode:
         self.up = True
         self.runtime.start()
 
-    def _crash(self) -> None:
+    def _crash(self) -> int:
+        """Kill the node; returns how many staged (not yet durable) events its disk lost."""
         self.epoch += 1
         self.up = False
         self.runtime = None  # no on_stop: a crash gives nobody a chance to clean up
         self.services = {}
         self._armed = None
+        lost = self.event_log.crash()
+        self.lost_events += lost
+        self.event_log = self.event_log.reopen()  # checkers read the disk while the node is down
+        return lost
 
     def drain(self) -> int:
         """Run this node's actors until idle; returns messages handled."""

@@ -1,0 +1,265 @@
+"""The `event-log` blocking service: the node's `EventLog` behind `ctx.ask`.
+
+Owns: what the storage actor's requests do to the log (`AppendBatch`,
+`LoadHead`, `LoadPartitionState`), when partition snapshots are written,
+how a node opens its log (`open_node_log`: LMDB under `data_dir`, or a
+loudly non-durable `MemoryLog`), and the cheap integrity check a node runs
+before it starts on a log (`check_log_on_open`).
+
+Rules:
+- `handle` runs on the service's own thread in the real driver (one
+  request at a time, in order) and inline at completion time in the
+  simulator. Failures the asking actor should see are `KeyswarmError`s:
+  `StorageError`, `ChainConflict`, `CorruptRecord`.
+- `AppendBatch` returns only when the batch is durable (`EventLog.append`).
+  In the simulator, `on_submit` stages the batch when it is submitted and
+  `handle` commits it when the modelled latency is over, so a crash in
+  between loses exactly the staged events (`MemoryLog`'s crash model).
+- Snapshots are a cache: after an append, each touched partition whose
+  events since its snapshot reach `snapshot_every` is folded (snapshot +
+  tail) and its snapshot rewritten. A snapshot that fails is logged and
+  retried after another `snapshot_every` events; it never fails the append,
+  which is already durable.
+- A record that does not decode is never skipped: reads raise
+  `CorruptRecord` naming where it is, and a node refuses to start on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+
+from keyswarm.actors.storage import (
+    AppendBatch,
+    HeadLoaded,
+    LoadHead,
+    LoadPartitionState,
+    PartitionLoaded,
+)
+from keyswarm.config import NodeConfig
+from keyswarm.errors import CorruptRecord, DecodeError, KeyswarmError, ServiceError, StorageError
+from keyswarm.storage.bodies import SignerKey, decode_body
+from keyswarm.storage.events import digest
+from keyswarm.storage.fold import PartitionState
+from keyswarm.storage.lmdb_log import LmdbLog
+from keyswarm.storage.log import AppendResult, EventLog, IntegrityProblem, Snapshot, corrupt_record
+from keyswarm.storage.memory_log import MemoryLog
+from keyswarm.storage.snapshot import decode_state, encode_state
+
+log = logging.getLogger("keyswarm.storage")
+
+#: The service's name (the storage actor asks it by this name).
+EVENT_LOG = "event-log"
+#: Events of a partition after its snapshot before a new snapshot is written.
+SNAPSHOT_EVERY_EVENTS = 10_000
+#: The log's directory under `node.data_dir`.
+LOG_DIR = "log"
+
+
+class EventLogService:
+    """`handle(request)` for the storage actor's requests, over one `EventLog`."""
+
+    name = EVENT_LOG
+
+    def __init__(self, event_log: EventLog, *, snapshot_every: int = SNAPSHOT_EVERY_EVENTS):
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be >= 1, got {snapshot_every}")
+        self.log = event_log
+        self.snapshot_every = snapshot_every
+        self.snapshots_written = 0
+        self.snapshot_failures = 0
+        self._snapshot_seq: dict[int, int] = {}  # partition -> local seq its snapshot stands at (lazy)
+        # Simulator only: batches staged at submit, committed by `handle` in order.
+        self._staged: deque[tuple[AppendBatch, AppendResult | None, KeyswarmError | None]] = deque()
+
+    # --- the BlockingService protocol ------------------------------------------------
+
+    def handle(self, request: object) -> object:
+        kind = type(request)
+        if kind is AppendBatch:
+            return self._append(request)
+        if kind is LoadHead:
+            return self.load_head(request.origin)
+        if kind is LoadPartitionState:
+            return self.load_partition_state(request.partition)
+        raise ServiceError(f"the event log cannot handle {kind.__name__}")
+
+    def on_submit(self, request: object) -> None:
+        """Simulator hook, called when `request` is submitted: stage an
+        `AppendBatch` in the `MemoryLog` (the write reaches the page cache);
+        `handle` commits it when its modelled latency is over (the fsync)."""
+        if type(request) is not AppendBatch or not isinstance(self.log, MemoryLog):
+            return
+        try:
+            self._staged.append((request, self.log.stage(request.events), None))
+        except KeyswarmError as exc:
+            self._staged.append((request, None, exc))
+
+    def close(self) -> None:
+        self.log.close()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _append(self, request: AppendBatch) -> AppendResult:
+        if self._staged and self._staged[0][0] is request:
+            _, result, error = self._staged.popleft()
+            if error is not None:
+                raise error
+            assert isinstance(self.log, MemoryLog) and result is not None
+            self.log.commit()
+        else:
+            result = self.log.append(request.events)
+        self._maybe_snapshot(result)
+        return result
+
+    def load_head(self, origin: str) -> HeadLoaded:
+        """`origin`'s durable head, the HLC of that event and its genesis key."""
+        head = self.log.heads().get(origin)
+        if head is None:
+            return HeadLoaded(origin=origin, head=None, last_hlc=0, genesis_public_key=None)
+        newest = self.log.read_origin(origin, head.origin_seq, head.origin_seq)
+        first = self.log.read_origin(origin, 1, 1)
+        if len(newest) != 1 or len(first) != 1 or digest(newest[0]) != head.digest:
+            raise corrupt_record(IntegrityProblem(
+                db="heads", origin=origin, origin_seq=head.origin_seq,
+                reason="the head names an event the log does not hold",
+            ))
+        try:
+            genesis = decode_body(first[0])
+        except DecodeError as exc:
+            raise corrupt_record(IntegrityProblem(
+                db="events", origin=origin, origin_seq=1, partition=first[0].partition,
+                reason=f"the chain's first event does not decode: {exc}",
+            )) from exc
+        key = genesis.public_key if type(genesis) is SignerKey else None
+        return HeadLoaded(origin=origin, head=head, last_hlc=newest[0].hlc, genesis_public_key=key)
+
+    def load_partition_state(self, partition: int) -> PartitionLoaded:
+        """The partition's snapshot (if it decodes) plus the fold of the events after it.
+
+        A snapshot that does not decode is discarded with a warning and the
+        partition folded from its start (snapshots are a cache of the log);
+        an event that does not fold is a `CorruptRecord` naming it.
+        """
+        snapshot = self.log.read_snapshot(partition)
+        state, base = PartitionState(), 0
+        if snapshot is not None:
+            try:
+                state, base = decode_state(snapshot.state), snapshot.seq
+            except DecodeError as exc:
+                log.warning("snapshot of partition %d does not decode (%s); folding the partition from its start", partition, exc)
+        seq = base
+        apply = state.apply
+        for seq, event in self.log.iter_partition(partition, base + 1):
+            try:
+                apply(event)
+            except DecodeError as exc:
+                raise corrupt_record(IntegrityProblem(
+                    db="events", partition=partition, seq=seq, reason=f"the body does not fold: {exc}",
+                )) from exc
+        return PartitionLoaded(partition=partition, seq=seq, snapshot_seq=base, state=state)
+
+    # --- snapshots -------------------------------------------------------------------
+
+    def _maybe_snapshot(self, result: AppendResult) -> None:
+        last: dict[int, int] = {}
+        for position in result.positions:
+            if position is not None:
+                last[position[0]] = position[1]  # local seqs grow within a batch
+        every = self.snapshot_every
+        for partition, seq in last.items():
+            base = self._snapshot_seq.get(partition)
+            if base is None:
+                snapshot = self._read_snapshot_seq(partition)
+                base = self._snapshot_seq[partition] = snapshot
+            if seq - base >= every:
+                self._write_snapshot(partition, seq)
+
+    def _read_snapshot_seq(self, partition: int) -> int:
+        try:
+            snapshot = self.log.read_snapshot(partition)
+        except KeyswarmError as exc:
+            log.error("cannot read the snapshot of partition %d: %s", partition, exc)
+            return 0
+        return 0 if snapshot is None else snapshot.seq
+
+    def _write_snapshot(self, partition: int, seq: int) -> None:
+        try:
+            loaded = self.load_partition_state(partition)
+            self.log.write_snapshot(Snapshot(partition=partition, seq=loaded.seq, state=encode_state(loaded.state)))
+        except KeyswarmError as exc:
+            self.snapshot_failures += 1
+            log.error("snapshot of partition %d at seq %d failed (next try in %d events): %s",
+                      partition, seq, self.snapshot_every, exc)
+            self._snapshot_seq[partition] = seq
+            return
+        self.snapshots_written += 1
+        self._snapshot_seq[partition] = loaded.seq
+
+
+# --- opening a node's log -------------------------------------------------------------
+
+
+def open_node_log(config: NodeConfig) -> EventLog:
+    """The node's event log: LMDB in `data_dir/log`, checked before use, or a
+    non-durable `MemoryLog` (with a loud warning) when `data_dir` is empty.
+
+    Raises `StorageError` / `CorruptRecord` naming the location when the log
+    cannot be opened or a record is damaged: the node must not start on it.
+    """
+    node_id, storage = config.node.id, config.storage
+    if not config.node.data_dir:
+        log.warning(
+            "node %s has no node.data_dir: its event log is IN MEMORY and NOT DURABLE; "
+            "every event it writes is lost when it stops. Set node.data_dir for a real node.", node_id,
+        )
+        return MemoryLog(node_id=node_id, partitions=storage.partitions)
+    path = Path(config.node.data_dir) / LOG_DIR
+    event_log = LmdbLog.open(
+        path, node_id=node_id, partitions=storage.partitions, genesis=b"", map_size_bytes=storage.map_size_bytes,
+    )
+    try:
+        check_log_on_open(event_log, str(path))
+    except BaseException:
+        event_log.close()
+        raise
+    return event_log
+
+
+def check_log_on_open(event_log: EventLog, where: str) -> None:
+    """The cheap check before a node starts on a log: every origin's head
+    event is held and matches its head digest, every partition's snapshot
+    decodes, and every event after it decodes. (`keyswarm audit verify`
+    walks everything, signatures included.) `CorruptRecord` names the record."""
+    try:
+        for origin, head in event_log.heads().items():
+            newest = event_log.read_origin(origin, head.origin_seq, head.origin_seq)
+            if len(newest) != 1 or digest(newest[0]) != head.digest:
+                raise corrupt_record(IntegrityProblem(
+                    db="heads", origin=origin, origin_seq=head.origin_seq,
+                    reason="the head event is missing or does not match the head digest",
+                ))
+        for partition in range(event_log.meta().partitions):
+            snapshot = event_log.read_snapshot(partition)
+            base = 0
+            if snapshot is not None:
+                try:
+                    decode_state(snapshot.state)
+                except DecodeError as exc:
+                    raise corrupt_record(IntegrityProblem(
+                        db="snapshots", partition=partition, seq=snapshot.seq, reason=f"does not decode: {exc}",
+                    )) from exc
+                base = snapshot.seq
+            for _ in event_log.iter_partition(partition, base + 1):
+                pass  # each record's checksum and encoding are checked as it is read
+    except CorruptRecord as exc:
+        problem = getattr(exc, "problem", None)
+        damaged = CorruptRecord(
+            f"event log at {where} is damaged: {problem or exc}; refusing to start on it "
+            f"(`keyswarm audit verify` reports every damaged record)"
+        )
+        damaged.problem = problem  # type: ignore[attr-defined]
+        raise damaged from exc
+    except StorageError as exc:
+        raise StorageError(f"event log at {where} cannot be checked: {exc}") from exc
