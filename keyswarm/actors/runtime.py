@@ -25,6 +25,10 @@ Rules this module keeps (DESIGN section 2):
   backoff. Its timers die with it, and service results owed to the old
   incarnation are discarded. After `max_restarts` within `window_s` the actor
   stays stopped and the node reports `degraded`.
+- Conditions: an actor may mark the node degraded for a reason it observes
+  (`ctx.set_condition("token", degraded=True, detail=...)`) and clear it when
+  the reason is gone. They are keyed by name, not by actor, and survive the
+  restart of the actor that set one (its next incarnation clears it).
 """
 
 from __future__ import annotations
@@ -245,6 +249,10 @@ class Context:
     def node_status(self) -> str:
         return self._runtime.status
 
+    def set_condition(self, name: str, *, degraded: bool, detail: str = "") -> None:
+        """Mark the node degraded because of `name` (a human `detail`), or clear it (`degraded=False`)."""
+        self._runtime.set_condition(name, degraded=degraded, detail=detail)
+
     def stats(self) -> dict[str, dict[str, object]]:
         return self._runtime.stats()
 
@@ -319,6 +327,7 @@ class NodeRuntime:
         self._tickets: dict[int, tuple[_Cell, int, str]] = {}  # ticket -> (cell, incarnation, service)
         self._next_ticket = 1
         self._degraded_actors: list[str] = []
+        self._conditions: dict[str, str] = {}  # name -> detail, in the order they were first set
         self._started = False
         self._stopped = False
         self._draining = False
@@ -355,14 +364,30 @@ class NodeRuntime:
 
     @property
     def status(self) -> str:
-        """`draining` while shutting down, `degraded` once an actor has been given up on, else `ok`."""
+        """`draining`, `degraded` (an actor was given up on, or a condition is set), or `ok`."""
         if self._draining:
             return "draining"
-        return "degraded" if self._degraded_actors else "ok"
+        return "degraded" if self._degraded_actors or self._conditions else "ok"
 
     @property
     def degraded_actors(self) -> tuple[str, ...]:
         return tuple(self._degraded_actors)
+
+    @property
+    def conditions(self) -> tuple[tuple[str, str], ...]:
+        """Conditions degrading the node, as `(name, detail)`, in the order first set."""
+        return tuple(self._conditions.items())
+
+    def set_condition(self, name: str, *, degraded: bool, detail: str = "") -> None:
+        """Set (`degraded=True`) or clear a named condition; logged when it changes."""
+        if not name:
+            raise ValueError("a condition needs a name")
+        if degraded:
+            if self._conditions.get(name) != detail:
+                log.warning("node %s degraded: %s: %s", self.node_id, name, detail or "(no detail)")
+            self._conditions[name] = detail
+        elif self._conditions.pop(name, None) is not None:
+            log.info("node %s: condition %s cleared", self.node_id, name)
 
     def actor_names(self) -> tuple[str, ...]:
         return tuple(self._cells)
