@@ -17,8 +17,8 @@ Rules:
   `--base-port`, ...); checks that need the world (free ports, config files)
   live with the code that does the work and raise `KeyswarmError`.
 
-Subcommands still to come (DESIGN section 3): init, enroll-node,
-enroll-client, token, audit, bench.
+The enrolment subcommands (init, enroll-node, enroll-client, token) are
+wired in `keyswarm.cli_enrol`. Still to come (DESIGN section 3): bench.
 """
 
 from __future__ import annotations
@@ -144,6 +144,10 @@ def build_parser(*, load_sim: bool = True) -> argparse.ArgumentParser:
     up.set_defaults(handler=run_up_command)
 
     _add_client_parser(commands, common)
+    _add_audit_parser(commands, common)
+    from keyswarm.cli_enrol import add_enrolment_parsers  # init, enroll-node, enroll-client, token
+
+    add_enrolment_parsers(commands, common)
     if load_sim:
         sim_command = _import_sim_command()
         sim = sim_command.configure_parser(commands)  # adds the `sim` subparser itself
@@ -177,6 +181,35 @@ def _add_client_parser(commands: argparse._SubParsersAction, common: argparse.Ar
     count.add_argument("name", metavar="NAME")
     count.add_argument("--by", type=_int_in(-(2**62), 2**62, "--by"), default=1, help="amount to add (default 1)")
     client.set_defaults(handler=run_client_command)
+
+
+def _add_audit_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    audit = commands.add_parser("audit", parents=[common], help="check a node's event log")
+    checks = audit.add_subparsers(dest="check", metavar="CHECK", required=True)
+    verify = checks.add_parser(
+        "verify",
+        parents=[common],
+        help="verify every record, chain, signature and head of an event log (read-only; safe while the node runs)",
+        description="Walk every record and cross-reference, every origin's hash chain and signatures, and the heads. "
+        "Exit 0 when everything verifies, 1 on any problem (the first is printed).",
+    )
+    verify.add_argument("--data", required=True, metavar="DIR", help="the node's data directory (or its log directory, DIR/log)")
+    verify.add_argument("--all", action="store_true", help="list every problem found (up to --max-problems), not only the first")
+    verify.add_argument(
+        "--max-problems", type=_int_in(1, 1_000_000, "--max-problems"), default=100, metavar="N",
+        help="stop looking after N problems (default 100)",
+    )
+    verify.add_argument(
+        "--jobs", type=_int_in(1, 2, "--jobs"), default=None, metavar="N",
+        help="1: one process; 2: the records walk in a second process beside the chain walk "
+        "(default: 2 on a large log with two or more cores)",
+    )
+    verify.add_argument("--quiet", action="store_true", help="print nothing when the log verifies; only the problem otherwise")
+    verify.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
+    verify.set_defaults(handler=run_audit_verify_command)
 
 
 def _import_sim_command() -> object:
@@ -287,6 +320,41 @@ def run_client_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(render_value(reply.value))
     return EXIT_OK
+
+
+def run_audit_verify_command(args: argparse.Namespace) -> int:
+    from keyswarm.audit import ProgressBar, audit_log, open_log_for_audit, parallel_worth_it
+
+    log, where = open_log_for_audit(args.data)
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = ProgressBar(sys.stderr) if show_progress else None
+    try:
+        parallel = parallel_worth_it(log) if args.jobs is None else args.jobs == 2
+        report = audit_log(log, max_findings=args.max_problems, progress=bar, records_in_child=where if parallel else None)
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    meta_line = f"event log {where}"
+    if report.ok:
+        if not args.quiet:
+            print(f"ok: {meta_line}: every record, chain, signature and head verifies")
+            print(f"checked {report.summary()}")
+        return EXIT_OK
+    shown = report.findings if args.all else report.findings[:1]
+    if not args.quiet:
+        print(f"FAILED: {meta_line}")
+    for i, finding in enumerate(shown):
+        label = "first broken link" if i == 0 else "also"
+        print(f"{label}: {finding}")
+    more = len(report.findings) - len(shown)
+    if not args.quiet:
+        if more or report.truncated:
+            count = f"{more:,}" + (" or more" if report.truncated else "")
+            hint = "" if args.all else " (--all lists them)"
+            print(f"{count} more problem(s){hint}" if more else f"stopped after {len(report.findings):,} problems (--max-problems)")
+        print(f"checked {report.summary()}")
+    return EXIT_FAILED
 
 
 def run_version_command(args: argparse.Namespace) -> int:
