@@ -1,7 +1,8 @@
 """The storage actor: the node's only event author, with group commit.
 
 Owns the node's `OriginChain` (origin_seq, prev digest, HLC, signer), the
-queue of appends waiting for a commit, the one commit in flight, and the
+queue of appends waiting for a commit, the commits in flight, the draft
+check, and the
 messages other actors use to append (`AppendEvents` -> `EventsAppended` or
 `Failure`) and the requests it hands the `event-log` blocking service
 (`AppendBatch`, `LoadHead`, `LoadPartitionState`). docs/storage.md, "The
@@ -10,10 +11,17 @@ storage actor", explains the design; the rules it keeps:
 - Nothing is acknowledged before it is durable. A requester hears back only
   when the `ServiceResult` of the commit holding its events arrives: success
   (`EventsAppended`) or failure (`Failure`, UNAVAILABLE, retryable).
-- One commit in flight (LMDB has one writer). Appends that arrive meanwhile
-  queue; when the commit completes, everything queued (whole requests, up to
-  `max_events` events) is sealed into ONE batch with ONE signature and
-  submitted as one `AppendBatch`: one durable transaction.
+- Natural batching: appends that arrive while a commit is in flight queue;
+  when it completes, everything queued (whole requests, up to `max_events`
+  events) is sealed into ONE batch with ONE signature and submitted as one
+  `AppendBatch`: one durable transaction.
+- A pipeline of two: when a full batch (`max_events` events) is queued
+  behind the commit in flight, it is sealed and submitted at once, so the
+  service writes it as soon as the disk is free (LMDB has one writer: the
+  service writes batches in order). A batch that would not be full waits
+  for the commit in flight and grows instead: sealing it early costs a
+  commit (an fsync, a signature) for a few events. `max_inflight=1` turns
+  the pipeline off.
 - A flush happens at the end of the current burst (a zero-delay timer), so
   a burst of appends that arrive together (the requesters of the last batch
   answering their acks) forms one batch instead of "1, then the rest". It
@@ -31,8 +39,12 @@ storage actor", explains the design; the rules it keeps:
   make the origin's chain fail verification forever, and a batch the log
   refuses fails every requester in it.
 - A failed commit wrote nothing: every requester of that batch gets
-  UNAVAILABLE and the chain is reloaded from the log's durable head before
-  anything else is sealed, so the chain never has a gap or a fork.
+  UNAVAILABLE, nothing more is sealed, and once no commit is in flight the
+  chain is reloaded from the log's durable head, so the chain never has a
+  gap or a fork. A batch sealed behind the failed one is chained to it, so
+  the log refuses it too (its first `prev` names an event the log does not
+  hold) and its requesters get UNAVAILABLE as well. Each requester hears
+  the truth about its own batch: acked only when the log says it is durable.
 - On start (and after a failure) the actor asks for its origin's durable
   head and queues appends until it has it. A node whose log holds no event
   of its origin starts a fresh chain (`OriginChain` writes the SignerKey
@@ -51,11 +63,12 @@ from dataclasses import dataclass, field
 from keyswarm.actors.messages import Failure
 from keyswarm.actors.runtime import Actor, Address, Context, Sender, ServiceResult
 from keyswarm.errors import DecodeError, ErrorCode
-from keyswarm.storage.bodies import SIGNER_KEY_TYPE, decode_body
+from keyswarm.storage.bodies import BODY_TAGS, SIGNER_KEY_TYPE, check_envelope, decode_body
 from keyswarm.storage.chain import Draft, OriginChain, Signer
 from keyswarm.storage.events import Event, Head, partition_of
 from keyswarm.storage.fold import PartitionState
 from keyswarm.storage.log import AppendResult
+from keyswarm.transport import codec
 from keyswarm.transport.codec import message
 
 #: The actor's name on every node.
@@ -67,6 +80,11 @@ EVENT_LOG_SERVICE = "event-log"
 MAX_BODY_BYTES = 1 << 20
 #: Appends queued beyond this many events are refused with BUSY.
 MAX_QUEUED_BATCHES = 64
+#: Commits in flight at most: one being written, one sealed behind it.
+MAX_INFLIGHT_COMMITS = 2
+#: Subjects whose partition the draft check remembers (a pure function of
+#: the subject; key names recur: every rotation, setting and status change).
+PARTITION_MEMO_SUBJECTS = 65_536
 #: Retry of a failed head load: first delay, doubling up to the cap.
 LOAD_RETRY_INITIAL_S = 0.05
 LOAD_RETRY_MAX_S = 2.0
@@ -112,12 +130,15 @@ class AppendEvents:
 class EventsAppended:
     """The events of an `AppendEvents` are durable: they are `origin`'s
     `first_seq..last_seq`, in draft order; `local_seqs[i]` is draft i's local
-    sequence in its partition. Fields are append-only."""
+    sequence in its partition, and `events[i]` the event draft i became
+    (numbered, stamped, signed), so the requester folds exactly what is
+    durable (the keys actors do). Fields are append-only."""
 
     origin: str
     first_seq: int
     last_seq: int
     local_seqs: tuple[int, ...]
+    events: tuple[Event, ...] = ()
 
 
 # --- requests to the event-log service (never on the wire) ------------------------
@@ -125,9 +146,15 @@ class EventsAppended:
 
 @dataclass(frozen=True, slots=True)
 class AppendBatch:
-    """Append `events` in one durable transaction; the answer is the log's `AppendResult`."""
+    """Append `events` in one durable transaction; the answer is the log's `AppendResult`.
+
+    `digests[i]` is `digest(events[i])` as the sealer computed it (None: the
+    log computes them); the log trusts them only because they come from this
+    process's sealer (docs/storage.md, "Performance of the append path").
+    """
 
     events: tuple[Event, ...]
+    digests: tuple[bytes, ...] | None = None
 
     def __repr__(self) -> str:  # the simulator's trace shows requests; a batch can hold 1,000 events
         if not self.events:
@@ -191,6 +218,7 @@ class StorageStats:
     late_appends: int = 0  # appends submitted more than max_delay_s after they arrived
     max_wait_s: float = 0.0  # longest an append waited for its commit to be submitted
     gathers: int = 0  # times a flush waited for company (the gathering window)
+    pipelined_commits: int = 0  # batches sealed while another commit was in flight
 
 
 class _Request:
@@ -254,23 +282,31 @@ class StorageActor(Actor):
         partitions: int,
         max_events: int = 1000,
         max_delay_s: float = 0.002,
+        max_inflight: int = MAX_INFLIGHT_COMMITS,
     ):
         """`signer_key` is the node's Ed25519 private key (32 bytes); None makes
-        an actor that refuses every append (assemblies for tests that never write)."""
-        if not 1 <= partitions <= 65536 or max_events < 1 or not max_delay_s >= 0:
-            raise ValueError(f"bad storage settings: {partitions=} {max_events=} {max_delay_s=}")
+        an actor that refuses every append (assemblies for tests that never write).
+        `max_inflight` 1 turns the pipeline off (one commit at a time)."""
+        if not 1 <= partitions <= 65536 or max_events < 1 or not max_delay_s >= 0 or max_inflight not in (1, 2):
+            raise ValueError(f"bad storage settings: {partitions=} {max_events=} {max_delay_s=} {max_inflight=}")
         self.signer = Signer(signer_key) if signer_key is not None else None
         self.partitions = partitions
         self.max_events = max_events
         self.max_delay_s = max_delay_s
+        self.max_inflight = max_inflight
         self.max_queued_events = max_events * MAX_QUEUED_BATCHES
         self.stats = StorageStats()
         #: The chain, once the durable head is known; None while loading.
         self.chain: OriginChain | None = None
         #: Why every append is refused (no key, or the log's chain is another key's); None when serving.
         self.refusal: str | None = None if signer_key is not None else "this node has no signing key"
-        self._inflight: _Commit | None = None
+        #: Commits submitted and not answered, in seal order (at most max_inflight).
+        self._inflight: list[_Commit] = []
+        #: A commit failed: seal nothing more; reload the chain once nothing is in flight.
+        self._resync = False
         self._flow = _Flow()
+        self._partition_memo: dict[str, int] = {}
+        self._body_classes: dict[int, type] = {}  # body tag -> class, for the draft check's fast path
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -289,7 +325,12 @@ class StorageActor(Actor):
 
     @property
     def committing(self) -> bool:
-        return self._inflight is not None
+        return bool(self._inflight)
+
+    @property
+    def inflight(self) -> int:
+        """Commits submitted and not yet answered."""
+        return len(self._inflight)
 
     # --- messages ----------------------------------------------------------------------
 
@@ -298,10 +339,12 @@ class StorageActor(Actor):
         if kind is AppendEvents:
             self._on_append(ctx, msg)
         elif kind is ServiceResult:
-            inflight = self._inflight
-            if inflight is not None and msg.ticket == inflight.ticket:
-                self._on_committed(ctx, inflight, msg)
-            elif msg.ticket == self._flow.load_ticket:
+            ticket = msg.ticket
+            for commit in self._inflight:  # at most two; the oldest answers first (a refused one at once)
+                if commit.ticket == ticket:
+                    self._on_committed(ctx, commit, msg)
+                    return
+            if ticket == self._flow.load_ticket:
                 self._on_head(ctx, msg)
             else:
                 ctx.log.debug("storage ignores a result for ticket %d", msg.ticket)
@@ -314,7 +357,7 @@ class StorageActor(Actor):
             if self._ready():
                 self._flush(ctx)
         elif kind is _RetryLoad:
-            if self.chain is None and self.refusal is None and self._flow.load_ticket is None:
+            if self.chain is None and self.refusal is None and self._flow.load_ticket is None and not self._inflight:
                 self._load_head(ctx)
         else:
             ctx.log.debug("storage ignores %s", kind.__name__)
@@ -344,8 +387,13 @@ class StorageActor(Actor):
             return
         flow.queue.append(_Request(ctx.sender, drafts, ctx.now()))
         flow.queued_events += len(drafts)
-        if self._inflight is not None or self.chain is None:
-            return  # natural batching: the completion of the commit in flight (or the head load) flushes
+        if self.chain is None:
+            return  # the head load flushes
+        if self._inflight:
+            if self._ready():  # a full batch, and a slot behind the commit in flight
+                self._cancel_timer(ctx)
+                self._flush(ctx)
+            return  # natural batching: the completion of the commit in flight flushes
         if flow.queued_events >= self.max_events or (
             flow.gathering and len(flow.queue) >= flow.last_batch_requests
         ):
@@ -356,23 +404,46 @@ class StorageActor(Actor):
 
     def _check(self, drafts: tuple[EventDraft, ...]) -> str | None:
         """Why these drafts cannot be sealed, or None. Checked before sealing:
-        an event the verifier would reject must never enter the chain."""
+        an event the verifier would reject must never enter the chain.
+
+        The checks are `decode_body`'s and `partition_of`'s, with two memos
+        that change no outcome: the partition of a subject (a pure function
+        of the subject) and the class of a body tag (registrations only add).
+        """
         if type(drafts) is not tuple or not drafts:
             return "an append carries at least one draft"
         if len(drafts) > self.max_events:
             return f"an append carries at most {self.max_events} drafts (it is committed atomically)"
-        partitions = self.partitions
+        memo, classes = self._partition_memo, self._body_classes
+        decode = codec.decode
         for d in drafts:
             if type(d) is not EventDraft:
                 return f"a draft is an EventDraft, not {type(d).__name__}"
-            if d.type == SIGNER_KEY_TYPE:
+            kind = d.type
+            if kind == SIGNER_KEY_TYPE:
                 return "SignerKey events are written by the storage actor itself"
-            if type(d.body) is not bytes or len(d.body) > MAX_BODY_BYTES:
+            body = d.body
+            if type(body) is not bytes or len(body) > MAX_BODY_BYTES:
                 return f"a draft body is bytes of at most {MAX_BODY_BYTES}"
-            if type(d.subject) is not str or type(d.partition) is not int or d.partition != partition_of(d.subject, partitions):
+            subject = d.subject
+            if type(subject) is not str or type(d.partition) is not int:
                 return f"draft partition {d.partition!r} is not the partition of its subject"
+            partition = memo.get(subject)
+            if partition is None:
+                partition = partition_of(subject, self.partitions)
+                if len(memo) >= PARTITION_MEMO_SUBJECTS:
+                    memo.clear()
+                memo[subject] = partition
+            if d.partition != partition:
+                return f"draft partition {d.partition!r} is not the partition of its subject"
+            cls = classes.get(kind) if type(kind) is int else None
             try:
-                decode_body(d)  # type: ignore[arg-type]  # a Draft is an envelope with type and body
+                if cls is None:  # the first draft of its type (or not a body at all): the general path
+                    decode_body(d)  # type: ignore[arg-type]  # a Draft is an envelope with type and body
+                    if type(kind) is int and kind in BODY_TAGS:
+                        classes[kind] = codec.by_tag(kind)  # type: ignore[assignment]
+                else:  # what decode_body does once the type is known to be a body
+                    check_envelope(d, decode(body, expect=cls))
             except DecodeError as exc:
                 return f"draft body does not decode: {exc}"
         return None
@@ -380,7 +451,9 @@ class StorageActor(Actor):
     # --- the durable head ------------------------------------------------------------
 
     def _load_head(self, ctx: Context) -> None:
+        assert not self._inflight, "the head is loaded only when no commit is in flight"
         self.chain = None
+        self._resync = False
         self._cancel_timer(ctx)
         self._flow.load_ticket = ctx.ask(EVENT_LOG_SERVICE, LoadHead(origin=ctx.node))
 
@@ -413,7 +486,17 @@ class StorageActor(Actor):
     # --- group commit ------------------------------------------------------------------
 
     def _ready(self) -> bool:
-        return self._inflight is None and self.chain is not None and bool(self._flow.queue)
+        """Whether a batch can be sealed now: with nothing in flight, whatever is
+        queued; behind a commit in flight, only a full batch (`max_events`
+        events queued). A batch that would not be full waits for the commit in
+        flight and grows meanwhile (natural batching); sealing it early would
+        cost a commit (an fsync, a signature) for a few events, and under one
+        GIL that costs more than the overlap gains. A full batch gains nothing
+        by waiting, and is written as soon as the disk is free."""
+        flow, n = self._flow, len(self._inflight)
+        if self.chain is None or not flow.queue:
+            return False
+        return n == 0 or (n < self.max_inflight and flow.queued_events >= self.max_events)
 
     def _schedule(self, ctx: Context) -> None:
         """Arrange a flush at the end of the current burst, if there is something to flush."""
@@ -423,7 +506,7 @@ class StorageActor(Actor):
     def _on_end_of_burst(self, ctx: Context) -> None:
         if not self._ready():
             return
-        delay = self._gather_delay(ctx.now())
+        delay = 0.0 if self._inflight else self._gather_delay(ctx.now())
         if delay > 0:
             flow = self._flow
             flow.gathering = True
@@ -435,9 +518,10 @@ class StorageActor(Actor):
     def _gather_delay(self, now: float) -> float:
         """How long to wait for more appends before submitting (0: submit now).
 
-        The gathering window: only when `max_delay_s` > 0 and the node is
-        under load, meaning a commit completed less than `max_delay_s` ago
-        (an idle node submits at once), and fewer requests are queued than
+        The gathering window: only when nothing is in flight (a commit in
+        flight already gathers for the next batch), `max_delay_s` > 0 and the
+        node is under load, meaning a commit completed less than `max_delay_s`
+        ago (an idle node submits at once), and fewer requests are queued than
         the last batch carried (a burst that already matches the last batch
         goes at once, so closed-loop requesters never wait). It then waits
         until as many requests as the last batch are queued, `max_events`
@@ -453,7 +537,7 @@ class StorageActor(Actor):
     def _flush(self, ctx: Context) -> None:
         """Seal what is queued (whole requests, up to max_events) into one batch and submit it."""
         flow, chain = self._flow, self.chain
-        assert self._inflight is None and chain is not None and flow.queue, "flush without work or with a commit in flight"
+        assert len(self._inflight) < self.max_inflight and chain is not None and flow.queue, "flush without work or a free slot"
         queue, limit = flow.queue, self.max_events
         requests: list[_Request] = []
         drafts: list[EventDraft] = []
@@ -470,16 +554,25 @@ class StorageActor(Actor):
             if waited > stats.max_wait_s:
                 stats.max_wait_s = waited
         flow.queued_events -= len(drafts)
-        events = chain.seal(drafts, int(ctx.wall_time() * 1000))  # type: ignore[arg-type]  # EventDraft is a Draft
-        ticket = ctx.ask(EVENT_LOG_SERVICE, AppendBatch(tuple(events)))
-        self._inflight = _Commit(ticket, requests, events, len(events) - len(drafts))
+        # Sealed on top of the commits in flight: if one of them fails, this
+        # batch's first `prev` names an event the log never got, and the log
+        # refuses it (no gap, no fork); `_on_committed` then resyncs.
+        events, digests = chain.seal_batch(drafts, int(ctx.wall_time() * 1000))  # type: ignore[arg-type]  # EventDraft is a Draft
+        if self._inflight:
+            stats.pipelined_commits += 1
+        ticket = ctx.ask(EVENT_LOG_SERVICE, AppendBatch(tuple(events), tuple(digests)))
+        self._inflight.append(_Commit(ticket, requests, events, len(events) - len(drafts)))
+        if self._ready():  # a second full batch queued: seal it behind this one
+            self._flush(ctx)
 
     def _on_committed(self, ctx: Context, commit: _Commit, result: ServiceResult) -> None:
-        self._inflight = None
+        self._inflight.remove(commit)
         flow, stats = self._flow, self.stats
         flow.last_done_at = ctx.now()
         flow.last_batch_requests = len(commit.requests)
         if result.ok and type(result.value) is AppendResult:
+            # Durable. (Also after an earlier batch of the pipeline failed: the
+            # log accepted this one on top of it, so that one was written too.)
             positions = result.value.positions
             events = commit.events
             assert len(positions) == len(events), "the log answered for another batch"
@@ -493,7 +586,8 @@ class StorageActor(Actor):
                 assert None not in placed, "a freshly sealed event was already in the log: the chain forked"
                 first = events[offset].origin_seq
                 reply_to(request.sender, EventsAppended(
-                    origin=origin, first_seq=first, last_seq=first + n - 1, local_seqs=tuple(p[1] for p in placed),
+                    origin=origin, first_seq=first, last_seq=first + n - 1, local_seqs=tuple([p[1] for p in placed]),
+                    events=tuple(events[offset:end]),
                 ))
                 offset = end
             stats.commits += 1
@@ -501,18 +595,26 @@ class StorageActor(Actor):
             stats.requests_acked += len(commit.requests)
             stats.max_batch_events = max(stats.max_batch_events, len(events))
             stats.max_batch_requests = max(stats.max_batch_requests, len(commit.requests))
-            self._schedule(ctx)
+        else:
+            # Nothing of the batch was written (the log's append is atomic). The
+            # chain advanced when it was sealed, and a batch sealed behind it is
+            # chained to it: seal nothing more, and reload the chain from the
+            # durable head once the batch behind (refused by the log) is answered.
+            reason = result.error if result.error is not None else f"unexpected answer {type(result.value).__name__}"
+            ctx.log.warning("storage: a commit of %d event(s) failed: %s", len(commit.events), reason)
+            stats.failed_commits += 1
+            stats.requests_failed += len(commit.requests)
+            failure = Failure.of(ErrorCode.UNAVAILABLE, f"the event log did not commit the batch: {reason}")
+            for request in commit.requests:
+                ctx.reply_to(request.sender, failure)
+            self.chain = None
+            self._resync = True
+            self._cancel_timer(ctx)
+        if self._resync:
+            if not self._inflight:
+                self._load_head(ctx)
             return
-        # Nothing of the batch was written (the log's append is atomic). The
-        # chain advanced when it was sealed: reload it from the durable head.
-        reason = result.error if result.error is not None else f"unexpected answer {type(result.value).__name__}"
-        ctx.log.warning("storage: a commit of %d event(s) failed: %s", len(commit.events), reason)
-        stats.failed_commits += 1
-        stats.requests_failed += len(commit.requests)
-        failure = Failure.of(ErrorCode.UNAVAILABLE, f"the event log did not commit the batch: {reason}")
-        for request in commit.requests:
-            ctx.reply_to(request.sender, failure)
-        self._load_head(ctx)
+        self._schedule(ctx)
 
     # --- helpers ---------------------------------------------------------------------
 

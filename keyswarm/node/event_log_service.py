@@ -1,7 +1,8 @@
 """The `event-log` blocking service: the node's `EventLog` behind `ctx.ask`.
 
 Owns: what the storage actor's requests do to the log (`AppendBatch`,
-`LoadHead`, `LoadPartitionState`), when partition snapshots are written,
+`LoadHead`, `LoadPartitionState`, and the sessions actor's `LoadPolicy`),
+when partition snapshots are written,
 how a node opens its log (`open_node_log`: LMDB under `data_dir`, or a
 loudly non-durable `MemoryLog`), and the cheap integrity check a node runs
 before it starts on a log (`check_log_on_open`).
@@ -15,11 +16,16 @@ Rules:
   In the simulator, `on_submit` stages the batch when it is submitted and
   `handle` commits it when the modelled latency is over, so a crash in
   between loses exactly the staged events (`MemoryLog`'s crash model).
-- Snapshots are a cache: after an append, each touched partition whose
-  events since its snapshot reach `snapshot_every` is folded (snapshot +
-  tail) and its snapshot rewritten. A snapshot that fails is logged and
-  retried after another `snapshot_every` events; it never fails the append,
-  which is already durable.
+- Snapshots are a cache, written from state folded as the log grows: the
+  service keeps each touched partition's `PartitionState` in memory and
+  folds every committed event into it (O(batch) per commit). When a
+  partition's events since its snapshot reach `snapshot_every`, that state
+  is encoded and written: no re-read, no re-fold of the tail. A partition is
+  folded from the log (snapshot + tail) only when a commit first touches it
+  in this process, or after its in-memory state was dropped (an event that
+  did not fold, an append the service did not see). A snapshot that fails
+  is logged and retried after another `snapshot_every` events; it never
+  fails the append, which is already durable.
 - A record that does not decode is never skipped: reads raise
   `CorruptRecord` naming where it is, and a node refuses to start on it.
 """
@@ -37,14 +43,16 @@ from keyswarm.actors.storage import (
     LoadPartitionState,
     PartitionLoaded,
 )
+from keyswarm.actors.session_messages import POLICY_PARTITION, LoadPolicy, PolicyLoaded
 from keyswarm.config import NodeConfig
 from keyswarm.errors import CorruptRecord, DecodeError, KeyswarmError, ServiceError, StorageError
 from keyswarm.storage.bodies import SignerKey, decode_body
-from keyswarm.storage.events import digest
+from keyswarm.storage.events import Event, digest
 from keyswarm.storage.fold import PartitionState
 from keyswarm.storage.lmdb_log import LmdbLog
 from keyswarm.storage.log import AppendResult, EventLog, IntegrityProblem, Snapshot, corrupt_record
 from keyswarm.storage.memory_log import MemoryLog
+from keyswarm.storage.policy_bodies import POLICY_BODY_BY_TAG
 from keyswarm.storage.snapshot import decode_state, encode_state
 
 log = logging.getLogger("keyswarm.storage")
@@ -70,6 +78,9 @@ class EventLogService:
         self.snapshots_written = 0
         self.snapshot_failures = 0
         self._snapshot_seq: dict[int, int] = {}  # partition -> local seq its snapshot stands at (lazy)
+        self._folded: dict[int, _Folded] = {}  # partition -> its state, folded up to a local seq
+        self._load_after: dict[int, int] = {}  # partition -> local seq before which a failed fold is not retried
+        self.partition_loads = 0  # partitions folded from the log (snapshot + tail) for the in-memory state
         # Simulator only: batches staged at submit, committed by `handle` in order.
         self._staged: deque[tuple[AppendBatch, AppendResult | None, KeyswarmError | None]] = deque()
 
@@ -83,6 +94,8 @@ class EventLogService:
             return self.load_head(request.origin)
         if kind is LoadPartitionState:
             return self.load_partition_state(request.partition)
+        if kind is LoadPolicy:
+            return self.load_policy(request.after_seq)
         raise ServiceError(f"the event log cannot handle {kind.__name__}")
 
     def on_submit(self, request: object) -> None:
@@ -92,7 +105,7 @@ class EventLogService:
         if type(request) is not AppendBatch or not isinstance(self.log, MemoryLog):
             return
         try:
-            self._staged.append((request, self.log.stage(request.events), None))
+            self._staged.append((request, self.log.stage(request.events, digests=request.digests), None))
         except KeyswarmError as exc:
             self._staged.append((request, None, exc))
 
@@ -109,8 +122,8 @@ class EventLogService:
             assert isinstance(self.log, MemoryLog) and result is not None
             self.log.commit()
         else:
-            result = self.log.append(request.events)
-        self._maybe_snapshot(result)
+            result = self.log.append(request.events, digests=request.digests)
+        self._fold_committed(request.events, result)
         return result
 
     def load_head(self, origin: str) -> HeadLoaded:
@@ -135,8 +148,9 @@ class EventLogService:
         key = genesis.public_key if type(genesis) is SignerKey else None
         return HeadLoaded(origin=origin, head=head, last_hlc=newest[0].hlc, genesis_public_key=key)
 
-    def load_partition_state(self, partition: int) -> PartitionLoaded:
-        """The partition's snapshot (if it decodes) plus the fold of the events after it.
+    def load_partition_state(self, partition: int, *, to_seq: int | None = None) -> PartitionLoaded:
+        """The partition's snapshot (if it decodes) plus the fold of the events after it
+        (up to local sequence `to_seq`, when given).
 
         A snapshot that does not decode is discarded with a warning and the
         partition folded from its start (snapshots are a cache of the log);
@@ -151,30 +165,83 @@ class EventLogService:
                 log.warning("snapshot of partition %d does not decode (%s); folding the partition from its start", partition, exc)
         seq = base
         apply = state.apply
-        for seq, event in self.log.iter_partition(partition, base + 1):
+        for at, event in self.log.iter_partition(partition, base + 1):
+            if to_seq is not None and at > to_seq:
+                break
             try:
                 apply(event)
             except DecodeError as exc:
                 raise corrupt_record(IntegrityProblem(
-                    db="events", partition=partition, seq=seq, reason=f"the body does not fold: {exc}",
+                    db="events", partition=partition, seq=at, reason=f"the body does not fold: {exc}",
                 )) from exc
+            seq = at
         return PartitionLoaded(partition=partition, seq=seq, snapshot_seq=base, state=state)
+
+    def load_policy(self, after_seq: int) -> PolicyLoaded:
+        """Partition 0's policy events after local sequence `after_seq` (the sessions actor folds them)."""
+        seq, events = after_seq, []
+        for at, event in self.log.iter_partition(POLICY_PARTITION, after_seq + 1):
+            seq = at
+            if event.type in POLICY_BODY_BY_TAG:
+                events.append(event)
+        return PolicyLoaded(events=tuple(events), seq=seq)
 
     # --- snapshots -------------------------------------------------------------------
 
-    def _maybe_snapshot(self, result: AppendResult) -> None:
+    def _fold_committed(self, events: tuple[Event, ...], result: AppendResult) -> None:
+        """Fold a durable batch into the in-memory states; write the snapshots now due."""
+        folded = self._folded
         last: dict[int, int] = {}
-        for position in result.positions:
-            if position is not None:
-                last[position[0]] = position[1]  # local seqs grow within a batch
+        for event, position in zip(events, result.positions):
+            if position is None:
+                continue  # a duplicate: folded when it was first appended
+            partition, seq = position
+            last[partition] = seq  # local seqs grow within a batch
+            state = folded.get(partition)
+            if state is None:
+                continue
+            if seq != state.seq + 1:  # the log grew without this service: fold from the log again
+                del folded[partition]
+                continue
+            try:
+                state.state.apply(event)
+            except DecodeError as exc:  # left unchanged by apply; the snapshot path names the record
+                log.error("partition %d seq %d does not fold (%s); its snapshot will fold it from the log", partition, seq, exc)
+                del folded[partition]
+                continue
+            state.seq = seq
         every = self.snapshot_every
         for partition, seq in last.items():
+            state = folded.get(partition)
+            if state is None:
+                if seq < self._load_after.get(partition, 0):
+                    continue
+                state = self._load_folded(partition, seq)
+                if state is None:
+                    continue
             base = self._snapshot_seq.get(partition)
             if base is None:
-                snapshot = self._read_snapshot_seq(partition)
-                base = self._snapshot_seq[partition] = snapshot
+                base = self._snapshot_seq[partition] = self._read_snapshot_seq(partition)
             if seq - base >= every:
-                self._write_snapshot(partition, seq)
+                self._write_snapshot(partition, state)
+
+    def _load_folded(self, partition: int, seq: int) -> _Folded | None:
+        """The partition's state up to `seq`, folded from the log (snapshot + tail)."""
+        try:
+            loaded = self.load_partition_state(partition, to_seq=seq)
+        except KeyswarmError as exc:
+            loaded, problem = None, str(exc)
+        else:
+            problem = None if loaded.seq == seq else f"the log ends at seq {loaded.seq}, the append reported {seq}"
+        if problem is not None:
+            self.snapshot_failures += 1
+            self._load_after[partition] = seq + self.snapshot_every
+            log.error("partition %d cannot be folded (next try in %d events): %s", partition, self.snapshot_every, problem)
+            return None
+        self.partition_loads += 1
+        self._load_after.pop(partition, None)
+        state = self._folded[partition] = _Folded(seq, loaded.state)  # type: ignore[union-attr]
+        return state
 
     def _read_snapshot_seq(self, partition: int) -> int:
         try:
@@ -184,18 +251,26 @@ class EventLogService:
             return 0
         return 0 if snapshot is None else snapshot.seq
 
-    def _write_snapshot(self, partition: int, seq: int) -> None:
+    def _write_snapshot(self, partition: int, state: _Folded) -> None:
         try:
-            loaded = self.load_partition_state(partition)
-            self.log.write_snapshot(Snapshot(partition=partition, seq=loaded.seq, state=encode_state(loaded.state)))
+            self.log.write_snapshot(Snapshot(partition=partition, seq=state.seq, state=encode_state(state.state)))
         except KeyswarmError as exc:
             self.snapshot_failures += 1
             log.error("snapshot of partition %d at seq %d failed (next try in %d events): %s",
-                      partition, seq, self.snapshot_every, exc)
-            self._snapshot_seq[partition] = seq
-            return
-        self.snapshots_written += 1
-        self._snapshot_seq[partition] = loaded.seq
+                      partition, state.seq, self.snapshot_every, exc)
+        else:
+            self.snapshots_written += 1
+        self._snapshot_seq[partition] = state.seq
+
+
+class _Folded:
+    """A partition's state with every event up to local sequence `seq` folded in."""
+
+    __slots__ = ("seq", "state")
+
+    def __init__(self, seq: int, state: PartitionState):
+        self.seq = seq
+        self.state = state
 
 
 # --- opening a node's log -------------------------------------------------------------

@@ -21,10 +21,16 @@ Rules:
   `decode_body` and in the verifier.
 - `material` is opaque to the log: wrapped key bytes (wrapped by the domain
   key, DESIGN section 1). Nothing here unwraps or inspects it.
+- `request` (every key body, appended field): the fingerprint of the client
+  request that wrote the event (`request_fingerprint`: a hash of the
+  client's name and its `client_request_id`), or b"" when the request
+  carried no id. The fold remembers recent ones per key, so a retried write
+  is recognised after a restart and applies once (keyswarm/actors/keys.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +44,8 @@ BODY_TAGS = range(0x0400, 0x0500)
 SIGNER_ALGORITHMS = ("ed25519",)
 #: Version ids are coordination-free (random, from the caller's entropy).
 MAX_VERSION_ID_BYTES = 64
+#: A request fingerprint (`request_fingerprint`) is this long; b"" means "no request id".
+REQUEST_FINGERPRINT_BYTES = 16
 
 
 @codec.message(tag=0x0401)
@@ -64,6 +72,7 @@ class KeyCreated:
     algorithm: str
     version_id: bytes
     material: bytes
+    request: bytes = b""
 
 
 @codec.message(tag=0x0411)
@@ -80,6 +89,7 @@ class KeyVersionAdded:
     version_id: bytes
     material: bytes
     algorithm: str = ""
+    request: bytes = b""
 
 
 @codec.message(tag=0x0412)
@@ -88,6 +98,7 @@ class KeyDisabled:
     """The key refuses operations until enabled (last writer wins with KeyEnabled)."""
 
     name: str
+    request: bytes = b""
 
 
 @codec.message(tag=0x0413)
@@ -96,6 +107,7 @@ class KeyEnabled:
     """The key serves operations again (last writer wins with KeyDisabled)."""
 
     name: str
+    request: bytes = b""
 
 
 @codec.message(tag=0x0414)
@@ -104,6 +116,7 @@ class KeyDeleted:
     """The key is gone for good: a tombstone that wins over every other event of the name."""
 
     name: str
+    request: bytes = b""
 
 
 @codec.message(tag=0x0415)
@@ -118,6 +131,7 @@ class KeyConfigSet:
     min_decryption_version: int | None = None
     deletion_allowed: bool | None = None
     auto_rotate_period_s: float | None = None
+    request: bytes = b""
 
 
 #: Bodies about one named key: `name` must equal the event's subject.
@@ -125,6 +139,20 @@ KEY_BODIES = (KeyCreated, KeyVersionAdded, KeyDisabled, KeyEnabled, KeyDeleted, 
 _KEY_BODY_TYPES = frozenset(KEY_BODIES)
 _VERSIONED = (KeyCreated, KeyVersionAdded)
 SIGNER_KEY_TYPE = codec.tag_of(SignerKey)
+
+
+def request_fingerprint(client: str, client_request_id: bytes) -> bytes:
+    """The `request` field of a write by `client` carrying `client_request_id`
+    (b"" when the id is empty: such writes are not deduplicated).
+
+    A hash, so the log does not carry the client's raw ids; length-prefixed,
+    so no (client, id) pair can pose as another.
+    """
+    if not client_request_id:
+        return b""
+    encoded = client.encode("utf-8")
+    data = len(encoded).to_bytes(4, "big") + encoded + client_request_id
+    return hashlib.blake2b(data, digest_size=REQUEST_FINGERPRINT_BYTES, person=b"keyswarm.request").digest()
 
 
 def tag_of_body(body: object) -> int:
@@ -178,6 +206,9 @@ def check_envelope(event: Envelope, body: object) -> None:
                 f"{type(body).__name__} names key {codec.short_repr(name)} "
                 f"but the event's subject is {codec.short_repr(event.subject)}"
             )
+        if len(body.request) not in (0, REQUEST_FINGERPRINT_BYTES):
+            raise DecodeError(f"{type(body).__name__}: request fingerprint of {len(body.request)} bytes "
+                              f"(0 or {REQUEST_FINGERPRINT_BYTES})")
         if isinstance(body, _VERSIONED):
             n = len(body.version_id)
             if not 0 < n <= MAX_VERSION_ID_BYTES:

@@ -30,7 +30,7 @@ import dataclasses
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -136,6 +136,13 @@ def draft(body_message: object, *, subject: str, partitions: int) -> Draft:
     return d
 
 
+class Sealed(NamedTuple):
+    """A sealed batch: its events and `digests[i] == digest(events[i])`."""
+
+    events: list[Event]
+    digests: list[bytes]
+
+
 class OriginChain:
     """The author's side of one origin's chain: the next origin_seq, the
     digest it chains to, the HLC of its last event, and the current signer.
@@ -175,7 +182,13 @@ class OriginChain:
         A chain not yet started begins with its SignerKey genesis event (signed
         too, so a key is always vouched for by its own signature).
         """
+        return self.seal_batch(drafts, physical_ms).events
+
+    def seal_batch(self, drafts: Sequence[Draft], physical_ms: int) -> Sealed:
+        """`seal`, with the digest of each event: the sealer computes them to
+        chain the events, and a log that is handed them need not hash again."""
         events: list[Event] = []
+        digests: list[bytes] = []
         seq, prev, last = self._next_seq, self._prev, self.last_hlc
         now = hlc_clock.pack_hlc(physical_ms, 0)
         if max(last, now) + len(drafts) + 1 > hlc_clock.HLC_MAX:  # only at the end of time (year 10889)
@@ -186,6 +199,7 @@ class OriginChain:
             unsigned = _link(genesis, self.origin, seq, last, prev)
             prev = digest(unsigned)
             events.append(dataclasses.replace(unsigned, sig=self._signer.sign_digest(prev)))
+            digests.append(prev)
             seq += 1
         origin = self.origin
         for d in drafts:  # the hot loop: one constructor and one digest per event
@@ -196,11 +210,12 @@ class OriginChain:
                           subject=d.subject, body=d.body, prev=prev)
             prev = digest(event)
             events.append(event)
+            digests.append(prev)
             seq += 1
-        if events and not events[-1].sig:
+        if events and not events[-1].sig:  # `sig` is not hashed: the digest stays
             events[-1] = dataclasses.replace(events[-1], sig=self._signer.sign_digest(prev))
         self._next_seq, self._prev, self.last_hlc = seq, prev, last
-        return events
+        return Sealed(events, digests)
 
     def rotate(self, new_signer: Signer, physical_ms: int) -> Event:
         """A SignerKey event naming `new_signer`, signed by the current key; later batches sign with the new one."""

@@ -26,6 +26,13 @@ Rules (docs/storage.md, "The fold"):
   forgets the key's versions, registers and material, ignores every later
   event of the name, and the name is never reused (the key service refuses
   to create it again; whether deletion is allowed is its check too).
+- Applied requests: a key body's `request` fingerprint (non-empty: the
+  write carried a client request id) is remembered per key as an
+  `AppliedRequest` (stamp, fingerprint, body type, version id). A key keeps
+  the `REQUESTS_KEPT_PER_KEY` greatest records by `(hlc, origin, request,
+  type, version_id)`: the top N of a set under a total order, so the bound
+  keeps the fold convergent (a record that falls out can never come back
+  above the ones that pushed it out). A tombstone forgets them with the rest.
 - Pure: `fold` copies the state it starts from. `PartitionState.apply`
   mutates, for actors that fold one event at a time.
 - Events whose type is not a key body (SignerKey, later policies) leave the
@@ -34,6 +41,7 @@ Rules (docs/storage.md, "The fold"):
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -50,6 +58,11 @@ from keyswarm.storage.bodies import (
 from keyswarm.storage.events import Event
 from keyswarm.transport import codec
 
+#: Applied-request records a key keeps (the newest by stamp). A retry comes
+#: seconds after its request; this many other writes to one key in between
+#: is far beyond any client's retry window.
+REQUESTS_KEPT_PER_KEY = 32
+
 #: Settings of `KeyConfigSet` and their values before any is set.
 SETTING_DEFAULTS: dict[str, Any] = {
     "min_decryption_version": 1,
@@ -64,6 +77,19 @@ class Register(NamedTuple):
     hlc: int
     origin: str
     value: Any
+
+
+class AppliedRequest(NamedTuple):
+    """A write that carried a client request id: when, which request, what it wrote.
+
+    Ordered as a tuple: the stamp first, so a key keeps its newest records.
+    """
+
+    hlc: int
+    origin: str
+    request: bytes  # the body's request fingerprint
+    type: int  # the body's tag (KeyCreated, KeyVersionAdded, ...)
+    version_id: bytes  # the version it created (KeyCreated / KeyVersionAdded), else b""
 
 
 class Tombstone(NamedTuple):
@@ -99,6 +125,7 @@ class _View(NamedTuple):
     algorithm: str
     versions: tuple[KeyVersion, ...]
     conflicts: tuple[KeyVersion, ...]
+    created: bool  # a KeyCreated was folded
 
 
 @dataclass(slots=True)
@@ -114,6 +141,7 @@ class KeyState:
     status: Register | None = None  # value True = disabled
     settings: dict[str, Register] = field(default_factory=dict)
     deleted: Tombstone | None = None
+    requests: list[AppliedRequest] = field(default_factory=list)  # ascending, at most REQUESTS_KEPT_PER_KEY
     _view: _View | None = field(default=None, compare=False, repr=False)
 
     # --- derived ------------------------------------------------------------
@@ -121,7 +149,7 @@ class KeyState:
     @property
     def exists(self) -> bool:
         """Created (a KeyCreated was folded) and not deleted."""
-        return self.deleted is None and any(r.created for r in self.records.values())
+        return self.deleted is None and self._derive().created  # derived once per change: it is on the hot path
 
     @property
     def algorithm(self) -> str:
@@ -160,6 +188,13 @@ class KeyState:
     def disabled(self) -> bool:
         return self.status is not None and self.status.value
 
+    def applied(self, request: bytes) -> AppliedRequest | None:
+        """The earliest kept record of the write that carried `request`, or None."""
+        for record in self.requests:  # ascending: the first match is the earliest
+            if record.request == request:
+                return record
+        return None
+
     def setting(self, name: str) -> Any:
         register = self.settings.get(name)
         return SETTING_DEFAULTS[name] if register is None else register.value
@@ -187,27 +222,38 @@ class KeyState:
         if held is None or register > held:
             self.settings[name] = register
 
+    def _add_request(self, record: AppliedRequest) -> None:
+        requests = self.requests
+        at = bisect.bisect_left(requests, record)
+        if at < len(requests) and requests[at] == record:
+            return
+        requests.insert(at, record)
+        if len(requests) > REQUESTS_KEPT_PER_KEY:
+            del requests[0]
+
     def _delete(self, tombstone: Tombstone) -> None:
         if self.deleted is None or tombstone < self.deleted:
             self.deleted = tombstone
         self.records.clear()
         self.settings.clear()
+        self.requests.clear()
         self.status = None
         self._view = None
 
     def copy(self) -> KeyState:
-        return KeyState(self.name, dict(self.records), self.status, dict(self.settings), self.deleted, self._view)
+        return KeyState(self.name, dict(self.records), self.status, dict(self.settings), self.deleted,
+                        list(self.requests), self._view)
 
 
 def _derive(key: KeyState) -> _View:
     creates = [r for r in key.records.values() if r.created]
     if not creates:  # rotations seen before their create: held, not yet usable
-        return _View("", (), ())
+        return _View("", (), (), False)
     algorithm = min(creates, key=KeyVersion._rank).algorithm
     ordered = sorted(key.records.values(), key=KeyVersion._rank)
     versions = tuple(r for r in ordered if r.algorithm in (algorithm, ""))
     conflicts = tuple(r for r in ordered if r.algorithm not in (algorithm, ""))
-    return _View(algorithm, versions, conflicts)
+    return _View(algorithm, versions, conflicts, True)
 
 
 @dataclass(slots=True)
@@ -244,6 +290,9 @@ class PartitionState:
         if key.deleted is not None and cls is not KeyDeleted:
             return  # the tombstone wins over everything
         stamp = event.hlc
+        if body.request and cls is not KeyDeleted:
+            version_id = body.version_id if cls is KeyCreated or cls is KeyVersionAdded else b""
+            key._add_request(AppliedRequest(stamp, origin, body.request, event.type, version_id))
         if cls is KeyCreated:
             key._add_record(KeyVersion(body.version_id, stamp, origin, body.material, body.algorithm, True))
         elif cls is KeyVersionAdded:

@@ -49,7 +49,7 @@ from keyswarm.storage.lmdb_layout import (
     decode_event, decode_head, decode_index, meta_values, origin_key, origin_prefix, parse_meta, seal, unseal,
 )
 from keyswarm.storage.log import (
-    SCHEMA_VERSION, AppendResult, EventLog, IntegrityProblem, LogMeta, Progress, Snapshot, check_batch,
+    SCHEMA_VERSION, AppendResult, EventLog, IntegrityProblem, LogMeta, Progress, Snapshot, batch_digests, check_batch,
 )
 from keyswarm.transport import codec
 
@@ -265,12 +265,12 @@ class LmdbLog(EventLog):
         self._env_open()
         return self._meta
 
-    def append(self, events: Sequence[Event]) -> AppendResult:
+    def append(self, events: Sequence[Event], *, digests: Sequence[bytes] | None = None) -> AppendResult:
         self._env_open()
         if not events:
             return AppendResult(positions=())
         # Pure work before the lock: the writer holds it only for LMDB.
-        digests = [digest(e) for e in events]
+        digests = batch_digests(events, digests)  # the sealer's, when it handed them (log.py, "Digests")
         encoded = [codec.encode(e) for e in events]
         for event, raw in zip(events, encoded):
             if len(raw) > MAX_EVENT_BYTES:
@@ -280,7 +280,7 @@ class LmdbLog(EventLog):
                 )
         return self._write("append", lambda txn: self._append_in(txn, events, digests, encoded))
 
-    def _append_in(self, txn: Any, events: Sequence[Event], digests: list[bytes], encoded: list[bytes]) -> AppendResult:
+    def _append_in(self, txn: Any, events: Sequence[Event], digests: Sequence[bytes], encoded: list[bytes]) -> AppendResult:
         fresh = check_batch(
             events, digests, partitions=self._meta.partitions,
             head_of=lambda origin: self._head_in(txn, origin),

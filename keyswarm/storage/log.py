@@ -21,6 +21,15 @@ Rules:
 - A log written by a newer schema is refused (`StorageError`), not misread.
 - Both implementations check a batch with `check_batch` below, so they agree
   on every chain rule by construction; they differ only in where bytes live.
+- Digests: `append(events, digests=...)` takes the digests the node's own
+  sealer computed (`OriginChain.seal_batch`) instead of hashing every event
+  again. The trust boundary is the process: only the storage actor passes
+  them, straight from the sealer. The log still checks every chain link
+  against them (event i+1's `prev` must equal `digests[i]`, so a list that
+  is shifted, short or another batch's is refused) and recomputes the
+  batch's last digest (`batch_digests`), which catches a sealer that hashes
+  differently. Events from anywhere else (replication from peers, tools)
+  are appended without digests, and the log computes every one.
 - `verify_integrity` walks every record and cross-reference and reports
   problems with their location (`IntegrityProblem`); it backs
   `keyswarm audit verify` and a node's refusal to start on a damaged log.
@@ -33,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from keyswarm.errors import CorruptRecord, StorageError
-from keyswarm.storage.events import GENESIS_PREV, Event, Head
+from keyswarm.storage.events import GENESIS_PREV, Event, Head, digest
 
 #: The layout version this code writes and reads.
 SCHEMA_VERSION = 1
@@ -141,8 +150,9 @@ class EventLog(abc.ABC):
         """The log's meta record."""
 
     @abc.abstractmethod
-    def append(self, events: Sequence[Event]) -> AppendResult:
-        """Append a batch atomically and durably (see module rules)."""
+    def append(self, events: Sequence[Event], *, digests: Sequence[bytes] | None = None) -> AppendResult:
+        """Append a batch atomically and durably (see module rules). `digests`:
+        the in-process sealer's `digest(events[i])`, trusted (see "Digests")."""
 
     @abc.abstractmethod
     def read_partition(self, partition: int, from_seq: int = 1, limit: int | None = None) -> list[tuple[int, Event]]:
@@ -196,6 +206,24 @@ class EventLog(abc.ABC):
 
 
 # --- the chain rules of append, shared by every implementation ---------------
+
+
+def batch_digests(events: Sequence[Event], digests: Sequence[bytes] | None) -> Sequence[bytes]:
+    """The digest of each event of a batch: computed here, or the sealer's.
+
+    The sealer's are trusted (module rules, "Digests"): `check_batch` checks
+    each against the next event's `prev`, and the last one, which nothing in
+    the batch links to and which becomes the head, is recomputed here, so a
+    sealer that hashed differently from `digest` is caught on its first batch.
+    """
+    if digests is None:
+        return [digest(e) for e in events]
+    if len(digests) != len(events):
+        raise AssertionError(f"{len(digests)} digests handed for {len(events)} events")
+    if events and digests[-1] != digest(events[-1]):
+        raise AssertionError("the digest handed for the batch's last event is not its digest")
+    return digests
+
 
 
 class _Pending:

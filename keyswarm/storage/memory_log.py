@@ -34,6 +34,7 @@ from keyswarm.storage.log import (
     LogMeta,
     Progress,
     Snapshot,
+    batch_digests,
     check_batch,
 )
 
@@ -68,10 +69,10 @@ class MemoryLog(EventLog):
 
     # --- the crash model -----------------------------------------------------
 
-    def stage(self, events: Sequence[Event]) -> AppendResult:
-        """Write a batch visible to reads but not durable until `commit` (chain rules as `append`)."""
+    def stage(self, events: Sequence[Event], *, digests: Sequence[bytes] | None = None) -> AppendResult:
+        """Write a batch visible to reads but not durable until `commit` (chain rules and `digests` as `append`)."""
         store = self._open()
-        digests = [digest(e) for e in events]
+        digests = batch_digests(events, digests)
         fresh = check_batch(
             events, digests, partitions=store.meta.partitions, head_of=self._head_of, digest_at=self._digest_at
         )
@@ -128,8 +129,8 @@ class MemoryLog(EventLog):
     def meta(self) -> LogMeta:
         return self._open().meta
 
-    def append(self, events: Sequence[Event]) -> AppendResult:
-        result = self.stage(events)
+    def append(self, events: Sequence[Event], *, digests: Sequence[bytes] | None = None) -> AppendResult:
+        result = self.stage(events, digests=digests)
         self.commit()
         return result
 

@@ -26,7 +26,16 @@ import hashlib
 from typing import Any
 
 from keyswarm.errors import DecodeError
-from keyswarm.storage.fold import SETTING_DEFAULTS, KeyState, KeyVersion, PartitionState, Register, Tombstone
+from keyswarm.storage.fold import (
+    REQUESTS_KEPT_PER_KEY,
+    SETTING_DEFAULTS,
+    AppliedRequest,
+    KeyState,
+    KeyVersion,
+    PartitionState,
+    Register,
+    Tombstone,
+)
 from keyswarm.transport import codec
 
 FORMAT = 1
@@ -72,11 +81,14 @@ def decode_state(data: bytes) -> PartitionState:
 
 # --- the payload: [covered, keys] -------------------------------------------
 # covered: [[origin, seq], ...] by origin
-# keys:    [[name, records, status, settings, deleted], ...] by name
+# keys:    [[name, records, status, settings, deleted(, requests)], ...] by name
 #   records:  [[version_id, hlc, origin, material, algorithm, created], ...] by version_id
 #   status:   [hlc, origin, disabled] | nil
 #   settings: [[setting, hlc, origin, value], ...] by setting name
 #   deleted:  [hlc, origin] | nil
+#   requests: [[hlc, origin, request, type, version_id], ...] ascending; written
+#             only when the key has some (so snapshots of keys without any keep
+#             the 5-element form of before, and stay canonical)
 
 
 def _encode_payload(state: PartitionState) -> bytes:
@@ -93,6 +105,8 @@ def _key_tree(key: KeyState) -> list[Any]:
     status = None if key.status is None else list(key.status)
     settings = [[name, *key.settings[name]] for name in sorted(key.settings)]
     deleted = None if key.deleted is None else list(key.deleted)
+    if key.requests:
+        return [key.name, records, status, settings, deleted, [list(r) for r in key.requests]]
     return [key.name, records, status, settings, deleted]
 
 
@@ -118,8 +132,19 @@ def _state_from(tree: Any) -> PartitionState:
 
 
 def _key_from(tree: Any) -> KeyState:
-    name, records_tree, status_tree, settings_tree, deleted_tree = _array(tree, 5, "key")
+    if type(tree) is tuple and len(tree) == 6:
+        *fields, requests_tree = tree
+        name, records_tree, status_tree, settings_tree, deleted_tree = fields
+    else:
+        name, records_tree, status_tree, settings_tree, deleted_tree = _array(tree, 5, "key")
+        requests_tree = ()
     key = KeyState(_str(name, "key name"))
+    for item in _list(requests_tree, "requests"):
+        hlc, origin, request, kind, vid = _array(item, 5, "request")
+        key.requests.append(AppliedRequest(_uint(hlc, "hlc"), _str(origin, "origin"), _bytes(request, "request"),
+                                           _uint(kind, "type"), _bytes(vid, "version_id")))
+    if key.requests != sorted(key.requests) or len(key.requests) > REQUESTS_KEPT_PER_KEY:
+        raise _Bad(f"key {codec.short_repr(key.name)}: requests out of order or more than {REQUESTS_KEPT_PER_KEY}")
     for item in _list(records_tree, "records"):
         vid, hlc, origin, material, algorithm, created = _array(item, 6, "version")
         record = KeyVersion(_bytes(vid, "version_id"), _uint(hlc, "hlc"), _str(origin, "origin"),
@@ -137,7 +162,7 @@ def _key_from(tree: Any) -> KeyState:
     if deleted_tree is not None:
         hlc, origin = _array(deleted_tree, 2, "deleted")
         key.deleted = Tombstone(_uint(hlc, "hlc"), _str(origin, "origin"))
-        if key.records or key.status is not None or key.settings:
+        if key.records or key.status is not None or key.settings or key.requests:
             raise _Bad(f"key {codec.short_repr(key.name)}: a deleted key keeps nothing but its tombstone")
     return key
 

@@ -261,6 +261,27 @@ def test_equivocation_is_a_chain_conflict_and_changes_nothing(log: EventLog) -> 
     assert everything(log) == before
 
 
+def test_the_sealers_digests_are_taken_and_their_links_still_checked(log: EventLog) -> None:
+    a = chain("a", 6)
+    digests = [digest(e) for e in a]
+    assert log.append(a[:3], digests=digests[:3]).appended == 3
+    before = everything(log)
+    with pytest.raises(ChainConflict):  # a digest that is not its event's breaks the next link
+        log.append(a[3:], digests=[bytes(32)] + digests[4:])
+    with pytest.raises(AssertionError):  # the last one, which nothing in the batch links to, is recomputed
+        log.append(a[3:], digests=digests[3:5] + [bytes(32)])
+    with pytest.raises(AssertionError):  # shifted by one: caught by the last one
+        log.append(a[3:], digests=digests[2:5])
+    with pytest.raises(AssertionError):
+        log.append(a[3:], digests=digests[3:5])
+    assert everything(log) == before
+    assert log.append(a[3:], digests=digests[3:]).appended == 3
+    assert log.heads() == {"a": Head(6, digests[5])}
+    assert log.read_origin("a") == a
+    assert log.append(a[4:], digests=digests[4:]).positions == (None, None)  # duplicates, as without digests
+    assert log.verify_integrity() == []
+
+
 def test_an_event_outside_the_partitions_is_refused(log: EventLog) -> None:
     bad = relinked(chain("a", 1)[0], partition=PARTITIONS)
     with pytest.raises(StorageError) as caught:

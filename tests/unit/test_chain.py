@@ -212,7 +212,7 @@ def test_resumed_verifier_checks_new_events_only() -> None:
 def test_flipped_byte_in_an_unsigned_event_breaks_the_next_link() -> None:
     events = sealed(3, 3)
     body = bytearray(events[2].body)
-    body[-1] ^= 0x01  # inside the material: still decodes
+    body[-3] ^= 0x01  # inside the material (the empty `request` field, c4 00, follows it): still decodes
     events[2] = dataclasses.replace(events[2], body=bytes(body))
     b = break_of(events)
     assert (b.origin_seq, b.reason) == (4, BreakReason.WRONG_PREV)
@@ -220,7 +220,8 @@ def test_flipped_byte_in_an_unsigned_event_breaks_the_next_link() -> None:
 
 def test_flipped_byte_in_a_checkpoint_breaks_its_signature() -> None:
     events = sealed(3, 3)
-    events[3] = dataclasses.replace(events[3], body=events[3].body[:-1] + b"X")
+    body = events[3].body  # the last byte of the material (the empty `request` field, c4 00, follows it)
+    events[3] = dataclasses.replace(events[3], body=body[:-3] + b"X" + body[-2:])
     b = break_of(events)
     assert (b.origin_seq, b.reason, b.partition) == (4, BreakReason.BAD_SIGNATURE, events[3].partition)
 

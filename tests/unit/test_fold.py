@@ -26,6 +26,7 @@ from keyswarm.storage.bodies import (
     tag_of_body,
 )
 from keyswarm.storage.events import GENESIS_PREV, Event
+from keyswarm.storage import fold as fold_module
 from keyswarm.storage.fold import PartitionState, fold
 from keyswarm.storage.snapshot import decode_state, encode_state
 from keyswarm.transport import codec
@@ -52,6 +53,7 @@ def created(name: str, vid: bytes, algorithm: str = "aes256-gcm") -> KeyCreated:
 NAMES = ("app/a", "app/b", "app/c")
 ORIGINS = ("n1", "n2", "n3")
 ALGORITHMS = ("aes256-gcm", "chacha20-poly1305")
+REQUESTS = tuple(bytes([i]) * 16 for i in range(1, 6))
 
 
 @st.composite
@@ -59,23 +61,26 @@ def bodies(draw: st.DrawFn) -> object:
     name = draw(st.sampled_from(NAMES))
     vid = draw(st.sampled_from([b"v1", b"v2", b"v3", b"v4", b"v5", b"v6", b"v7", b"v8"]))
     kind = draw(st.sampled_from(["create", "create", "add", "add", "disable", "enable", "config", "config", "delete"]))
+    # A few request fingerprints, so records collide (retries, reused ids) and the per-key bound is reached.
+    request = draw(st.sampled_from([b"", b"", *REQUESTS]))
     if kind == "create":
         return KeyCreated(name=name, algorithm=draw(st.sampled_from(ALGORITHMS)), version_id=vid,
-                          material=draw(st.binary(max_size=4)))
+                          material=draw(st.binary(max_size=4)), request=request)
     if kind == "add":
         return KeyVersionAdded(name=name, version_id=vid, material=draw(st.binary(max_size=4)),
-                               algorithm=draw(st.sampled_from(("", *ALGORITHMS))))
+                               algorithm=draw(st.sampled_from(("", *ALGORITHMS))), request=request)
     if kind == "disable":
-        return KeyDisabled(name=name)
+        return KeyDisabled(name=name, request=request)
     if kind == "enable":
-        return KeyEnabled(name=name)
+        return KeyEnabled(name=name, request=request)
     if kind == "delete":
-        return KeyDeleted(name=name)
+        return KeyDeleted(name=name, request=request)
     return KeyConfigSet(
         name=name,
         min_decryption_version=draw(st.none() | st.integers(1, 4)),
         deletion_allowed=draw(st.none() | st.booleans()),
         auto_rotate_period_s=draw(st.none() | st.sampled_from([0.0, 60.0, 3600.0])),
+        request=request,
     )
 
 
@@ -123,6 +128,49 @@ def test_snapshot_plus_tail_equals_a_full_replay_at_every_split(events: list[Eve
 @given(events=histories())
 def test_folding_an_event_twice_changes_nothing(events: list[Event]) -> None:
     assert fold(events + events) == fold(events)
+
+
+@PROPERTY
+@given(events=histories(), seed=st.integers(0, 2**32))
+def test_the_bound_on_request_records_keeps_the_fold_convergent(events: list[Event], seed: int) -> None:
+    shuffled = list(events)
+    random.Random(seed).shuffle(shuffled)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fold_module, "REQUESTS_KEPT_PER_KEY", 2)  # small, so histories pass it often
+        a, b = fold(events), fold(shuffled)
+    assert a == b
+    assert all(len(k.requests) <= 2 for k in a.keys.values())
+
+
+def test_a_write_with_a_request_id_is_remembered_per_key() -> None:
+    state = fold([
+        ev("n1", 10, KeyCreated(name="k", algorithm="aes256-gcm", version_id=b"v1", material=b"m", request=REQUESTS[0])),
+        ev("n1", 11, KeyVersionAdded(name="k", version_id=b"v2", material=b"m", request=REQUESTS[1])),
+        ev("n1", 12, KeyDisabled(name="k", request=REQUESTS[2])),
+        ev("n1", 13, KeyEnabled(name="k")),  # no request id: nothing to remember
+    ])
+    key = state.keys["k"]
+    assert key.applied(REQUESTS[0]) == (10, "n1", REQUESTS[0], tag_of_body(KeyCreated(
+        name="k", algorithm="", version_id=b"x", material=b"")), b"v1")
+    assert key.applied(REQUESTS[1]).version_id == b"v2"
+    assert key.applied(REQUESTS[2]).version_id == b""
+    assert key.applied(REQUESTS[3]) is None and len(key.requests) == 3
+    assert decode_state(encode_state(state)) == state
+    gone = fold([ev("n1", 14, KeyDeleted(name="k", request=REQUESTS[3]))], state)
+    assert gone.keys["k"].requests == [] and decode_state(encode_state(gone)) == gone
+
+
+def test_a_key_keeps_only_its_newest_request_records() -> None:
+    events = [ev("n1", 100 + i, KeyDisabled(name="k", request=i.to_bytes(16, "big")))
+              for i in range(fold_module.REQUESTS_KEPT_PER_KEY + 5)]
+    key = fold(events).keys["k"]
+    assert len(key.requests) == fold_module.REQUESTS_KEPT_PER_KEY
+    assert key.applied((4).to_bytes(16, "big")) is None and key.applied((5).to_bytes(16, "big")) is not None
+
+
+def test_a_request_fingerprint_of_the_wrong_length_does_not_decode() -> None:
+    with pytest.raises(DecodeError, match="request fingerprint"):
+        fold([ev("n1", 1, KeyDisabled(name="k", request=b"short"))])
 
 
 def test_fold_does_not_change_the_state_it_starts_from() -> None:

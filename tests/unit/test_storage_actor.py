@@ -32,7 +32,9 @@ from keyswarm.errors import ErrorCode, KeyswarmError, StorageError
 from keyswarm.node.event_log_service import EventLogService, check_log_on_open
 from keyswarm.storage.bodies import SIGNER_KEY_TYPE, KeyCreated, KeyDisabled
 from keyswarm.storage.chain import Signer, draft, verify_chain
+from keyswarm.storage.events import digest
 from keyswarm.storage.fold import fold
+from keyswarm.storage.log import AppendResult
 from keyswarm.storage.memory_log import MemoryLog
 from keyswarm.storage.snapshot import encode_state
 
@@ -195,12 +197,43 @@ def test_an_idle_append_is_submitted_at_the_end_of_the_burst_without_delay() -> 
     assert h.answers(0) == [], "nothing is acknowledged before its commit is durable"
     h.serve()
     (ack,) = h.answers(0)
-    assert ack == EventsAppended(origin=NODE, first_seq=2, last_seq=2, local_seqs=(1,))
+    assert ack == EventsAppended(origin=NODE, first_seq=2, last_seq=2, local_seqs=(1,), events=batch.events[1:])
     h.chain()
 
 
-def test_appends_during_a_commit_go_into_one_next_batch_with_one_signature() -> None:
-    h = started(requesters=6)
+def test_a_full_batch_is_sealed_behind_the_commit_in_flight_and_a_partial_one_waits() -> None:
+    h = started(requesters=5, max_events=4)
+    h.send(0, append("first"))
+    h.fire()
+    h.send(1, append("k1", "k1x"))
+    h.fire()
+    assert len(h.batches()) == 1, "a batch that would not be full waits for the commit in flight (and grows)"
+    h.send(2, append("k2", "k2x"))
+    first, second = h.batches()
+    assert len(second.events) == 4, "a full batch is sealed at once, behind the commit in flight (the pipeline)"
+    assert [bool(e.sig) for e in second.events] == [False] * 3 + [True], "one signature, on the last event"
+    assert second.events[0].prev == first.digests[-1], "chained on the batch in flight"
+    assert second.digests == tuple(digest(e) for e in second.events), "the sealer's digests travel with the batch"
+    assert all(h.answers(i) == [] for i in range(3)), "nothing is acknowledged before its commit is durable"
+    h.send(3, append("k3", "k3x"))
+    h.send(4, append("k4", "k4x"))
+    assert len(h.batches()) == 2, "two commits in flight at most: the rest queues"
+    h.serve()
+    assert len(h.answers(0)) == 1 and all(h.answers(i) == [] for i in range(1, 5))
+    h.fire()
+    (third,) = h.batches()[2:]
+    assert len(third.events) == 4, "a slot freed and a full batch was queued: sealed behind the second"
+    h.serve()
+    h.serve()
+    seqs = [(a.first_seq, a.last_seq) for i in range(1, 5) for a in h.answers(i)]
+    assert seqs == [(3, 4), (5, 6), (7, 8), (9, 10)]
+    stats = h.actor.stats
+    assert stats.commits == 3 and stats.requests_acked == 5 and stats.pipelined_commits == 2
+    assert len(h.chain()) == 10
+
+
+def test_with_one_commit_in_flight_appends_wait_for_it() -> None:
+    h = started(requesters=6, max_inflight=1)
     h.send(0, append("first"))
     h.fire()
     for i in range(1, 6):
@@ -217,6 +250,7 @@ def test_appends_during_a_commit_go_into_one_next_batch_with_one_signature() -> 
     seqs = [(a.first_seq, a.last_seq) for i in range(1, 6) for a in h.answers(i)]
     assert seqs == [(3, 4), (5, 6), (7, 8), (9, 10), (11, 12)]
     assert h.actor.stats.commits == 2 and h.actor.stats.requests_acked == 6
+    assert h.actor.stats.pipelined_commits == 0
     assert len(h.chain()) == 12
 
 
@@ -314,6 +348,86 @@ def test_a_refused_submission_is_a_failed_commit_too() -> None:
     h.chain()
 
 
+def two_in_flight(h: Harness) -> tuple[AppendBatch, AppendBatch]:
+    """seq 1..2 durable; then k1 + k1x (seq 3..4) and k2 + k2x (seq 5..6) sealed, both in flight (max_events 2)."""
+    h.send(0, append("a"))
+    h.fire()
+    h.serve()
+    h.send(1, append("k1", "k1x"))
+    h.send(2, append("k2", "k2x"))
+    first, second = h.outstanding()
+    assert type(first) is AppendBatch and type(second) is AppendBatch and h.actor.inflight == 2
+    return first, second
+
+
+def test_a_failure_of_the_first_of_two_batches_in_flight_fails_both_and_the_chain_resumes() -> None:
+    h = started(requesters=4, max_events=2)
+    first, second = two_in_flight(h)
+    assert second.events[0].prev == first.digests[-1]
+    h.serve(error=StorageError("disk on fire"))
+    (failure,) = h.answers(1)
+    assert failure.code is ErrorCode.UNAVAILABLE and "disk on fire" in failure.message
+    assert h.answers(2) == [], "the batch behind is answered when the log answers it"
+    assert h.outstanding() == [second], "no head load while a commit is in flight"
+    h.send(3, append("m1", "m2"))
+    h.fire()
+    assert len(h.batches()) == 3, "nothing is sealed on a chain that broke"
+    h.serve()  # the real log: the batch behind links to events it never got
+    (failure,) = h.answers(2)
+    assert failure.code is ErrorCode.UNAVAILABLE and failure.retryable
+    assert h.log.heads()[NODE].origin_seq == 2, "nothing of either batch was written"
+    assert [type(r) for r in h.outstanding()] == [LoadHead], "the chain is reloaded once nothing is in flight"
+    h.serve()
+    h.fire()
+    h.serve()
+    (ack,) = h.answers(3)
+    assert (ack.first_seq, ack.last_seq) == (3, 4), "no gap where the failed batches were sealed"
+    assert [e.origin_seq for e in h.chain()] == [1, 2, 3, 4]
+    stats = h.actor.stats
+    assert stats.failed_commits == 2 and stats.requests_failed == 2 and stats.head_loads == 2
+
+
+def test_a_batch_behind_a_failed_one_that_the_log_took_is_acknowledged() -> None:
+    """The first batch was written but its answer was lost (a service error
+    after the write): the batch behind it is durable, and its requester hears so."""
+    h = started(requesters=4, max_events=2)
+    first, second = two_in_flight(h)
+    ticket = next(t for s, t, r in h.env.submitted if r is first)
+    h.service.handle(first)  # written...
+    h._done.add(ticket)
+    h.runtime.complete(ticket, error=StorageError("answer lost"))  # ...but reported as failed
+    h.runtime.run()
+    assert h.answers(1)[0].code is ErrorCode.UNAVAILABLE
+    h.serve()
+    (ack,) = h.answers(2)
+    assert type(ack) is EventsAppended and (ack.first_seq, ack.last_seq) == (5, 6)
+    h.serve()  # the head: seq 6
+    h.send(3, append("next"))
+    h.fire()
+    h.serve()
+    assert h.answers(3)[0].first_seq == 7
+    assert [e.origin_seq for e in h.chain()] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_refused_submission_behind_a_commit_in_flight_waits_for_it_before_the_reload() -> None:
+    h = started(requesters=3, max_events=1)
+    h.send(0, append("a"))
+    h.env.refuse = (AppendBatch,)
+    h.send(1, append("b"))  # a full batch: sealed behind, and the service refuses it
+    assert h.answers(1)[0].code is ErrorCode.UNAVAILABLE, "refused at once"
+    h.env.refuse = ()
+    assert [type(r) for r in h.outstanding()] == [AppendBatch], "the first commit is still in flight"
+    h.serve()
+    assert type(h.answers(0)[0]) is EventsAppended, "the commit in flight was durable"
+    assert [type(r) for r in h.outstanding()] == [LoadHead]
+    h.serve()
+    h.send(2, append("c"))
+    h.fire()
+    h.serve()
+    assert h.answers(2)[0].first_seq == 3, "the refused batch's sequence numbers were taken back"
+    h.chain()
+
+
 def test_a_failed_head_load_fails_queued_appends_and_retries_with_backoff() -> None:
     h = Harness(requesters=1)
     h.send(0, append("a"))
@@ -384,7 +498,9 @@ def test_without_a_signing_key_every_append_is_refused() -> None:
 def test_the_queue_is_bounded() -> None:
     h = started(requesters=1, max_events=2)
     h.send(0, append("a"))
-    h.fire()  # in flight; what follows queues
+    h.fire()
+    h.send(0, append("b"))
+    h.fire()  # two commits in flight; what follows queues
     for _ in range(64):
         h.send(0, append("x", "y"))
     h.send(0, append("z"))
@@ -486,6 +602,53 @@ def test_the_service_writes_snapshots_that_equal_the_full_fold() -> None:
         if snapshot is not None:
             assert loaded.snapshot_seq == snapshot.seq > 0
     check_log_on_open(log, "memory")
+
+
+def test_the_service_folds_a_partition_from_the_log_once_then_as_it_grows() -> None:
+    log = MemoryLog(node_id=NODE, partitions=PARTITIONS)
+    service = EventLogService(log, snapshot_every=7)
+    reads: list[int] = []
+    iter_partition = log.iter_partition
+    log.iter_partition = lambda partition, *a, **k: (reads.append(partition), iter_partition(partition, *a, **k))[1]  # type: ignore[method-assign]
+    batches = sealed_batches(12, 5, names=8)
+    for events in batches[:6]:
+        service.handle(AppendBatch(tuple(events)))
+    touched = {e.partition for events in batches[:6] for e in events}
+    assert sorted(reads) == sorted(touched), "each partition is folded from the log once, when first touched"
+    assert service.partition_loads == len(touched)
+    log.append(batches[6])  # an append the service did not see: its partitions are folded from the log again
+    for events in batches[7:]:
+        service.handle(AppendBatch(tuple(events)))
+    assert service.snapshots_written > 0 and service.snapshot_failures == 0
+    assert service.partition_loads == len(touched) + len({e.partition for e in batches[6]} & touched) + len(
+        {e.partition for events in batches[6:] for e in events} - touched
+    )
+    for partition in range(PARTITIONS):
+        snapshot = log.read_snapshot(partition)
+        if snapshot is not None:
+            upto = [e for seq, e in iter_partition(partition) if seq <= snapshot.seq]
+            assert snapshot.state == encode_state(fold(upto)), f"partition {partition}"
+
+
+def test_an_event_that_does_not_fold_never_fails_its_append_and_waits_a_snapshot_interval() -> None:
+    from keyswarm.storage.chain import Draft, OriginChain
+
+    log = MemoryLog(node_id=NODE, partitions=PARTITIONS)
+    service = EventLogService(log, snapshot_every=4)
+    chain = OriginChain(NODE, Signer(KEY))
+    good = disabled("k")
+    bad = Draft(good.partition, good.type, good.subject, b"\xc1")  # sealed by a buggy author: the log takes any body
+    service.handle(AppendBatch(tuple(chain.seal([good], 1_700_000_000_000))))
+    result = service.handle(AppendBatch(tuple(chain.seal([bad], 1_700_000_000_001))))
+    assert type(result) is AppendResult and result.appended == 1
+    assert service.snapshot_failures == 1 and good.partition not in service._folded
+    loads = service.partition_loads
+    for ms in range(2, 4):  # within snapshot_every of the failure: not folded again
+        service.handle(AppendBatch(tuple(chain.seal([good], 1_700_000_000_000 + ms))))
+    assert service.partition_loads == loads and service.snapshot_failures == 1
+    service.handle(AppendBatch(tuple(chain.seal([good] * 3, 1_700_000_000_010))))
+    assert service.snapshot_failures == 2, "retried after snapshot_every events, and the record is still bad"
+    assert log.read_snapshot(good.partition) is None
 
 
 def test_the_service_stages_at_submit_and_commits_at_completion() -> None:
