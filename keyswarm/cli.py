@@ -125,6 +125,12 @@ def build_parser(*, load_sim: bool = True) -> argparse.ArgumentParser:
     )
     up.add_argument("--demo", action="store_true", help="run the demonstration, stop every node and exit")
     up.add_argument(
+        "--no-tokens",
+        action="store_true",
+        help="run the nodes without tokens (no root, no enrolment, no hardware or sub-keys actors). "
+        "Default: a root and one soft token per node, enrolled before the nodes start",
+    )
+    up.add_argument(
         "--status-interval",
         type=_seconds(0.0, 3600.0),
         default=5.0,
@@ -193,7 +199,7 @@ def _add_audit_parser(commands: argparse._SubParsersAction, common: argparse.Arg
         description="Walk every record and cross-reference, every origin's hash chain and signatures, and the heads. "
         "Exit 0 when everything verifies, 1 on any problem (the first is printed).",
     )
-    verify.add_argument("--data", required=True, metavar="DIR", help="the node's data directory (or its log directory, DIR/log)")
+    verify.add_argument("--data", required=True, metavar="DIR", help="the node's data directory (its log is DIR/log), or the log directory itself (holding data.mdb)")
     verify.add_argument("--all", action="store_true", help="list every problem found (up to --max-problems), not only the first")
     verify.add_argument(
         "--max-problems", type=_int_in(1, 1_000_000, "--max-problems"), default=100, metavar="N",
@@ -289,6 +295,7 @@ def run_up_command(args: argparse.Namespace) -> int:
         base_port=args.base_port,
         data_dir=args.data,
         demo=args.demo,
+        tokens=not args.no_tokens,
         log_level=args.log_level,
         status_interval_s=args.status_interval,
         start_timeout_s=args.start_timeout,

@@ -51,6 +51,12 @@ class HealthResult:
     status: str  # "ok" | "degraded" | "draining"
     actors: dict[str, str]  # actor name -> "running" | "restarting" | "stopped"
     uptime_s: float
+    # Appended with the token (fields are append-only; "" / 0: this node runs no token):
+    token: str = ""  # the hardware actor's token state: starting | ready | absent | pin_blocked | pin_rejected | unknown
+    token_kind: str = ""  # soft | virtual | yubikey ("" until the token answered a probe)
+    subkey: str = ""  # the sub-keys actor's state: starting | ok | renewing | expired | unknown
+    subkey_serial: int = 0  # the current sub-key certificate's serial (0: none)
+    subkey_not_after_s: float = 0.0  # its notAfter, seconds since the epoch (0: none)
 
 
 @message(tag=0x0103, op="echo")

@@ -29,6 +29,11 @@ Rules this module keeps (DESIGN section 2):
   (`ctx.set_condition("token", degraded=True, detail=...)`) and clear it when
   the reason is gone. They are keyed by name, not by actor, and survive the
   restart of the actor that set one (its next incarnation clears it).
+- Answers to opened in-session requests (`ClientRef.inner_id` set) go to the
+  local `sessions` actor as `SessionReply`s, to be sealed, not to the driver;
+  like service results they are never dropped for a full mailbox. Addresses,
+  client references and these runtime-local messages are
+  `keyswarm.actors.addresses`' (re-exported here).
 """
 
 from __future__ import annotations
@@ -42,54 +47,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from keyswarm.actors.addresses import (
+    SESSIONS,
+    Address,
+    ClientRef,
+    RawFrame,
+    Sender,
+    ServiceResult,
+    SessionReply,
+)
 from keyswarm.errors import Busy, KeyswarmError
 
 log = logging.getLogger("keyswarm.runtime")
 
-
-# --- addresses ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """An actor somewhere in the network: `(node, actor)`."""
-
-    node: str
-    actor: str
-
-    def __str__(self) -> str:
-        return f"{self.actor}@{self.node}"
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRef:
-    """A client request awaiting its reply on `node`'s client socket."""
-
-    node: str
-    identity: bytes
-    request_id: int
-
-
-#: Who sent the message an actor is handling: an actor, a client request, or
-#: nobody (timers, service results, the runtime itself).
-Sender = Address | ClientRef | None
-
-
-# --- runtime-local messages (never on the wire) --------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServiceResult:
-    """The answer to `ctx.ask(service, request)`: a value or an error."""
-
-    ticket: int
-    service: str
-    value: object = None
-    error: KeyswarmError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
+__all__ = [
+    "SESSIONS", "Actor", "ActorSpec", "ActorState", "Address", "ClientRef", "Context", "Delivery", "Environment",
+    "NodeRuntime", "RawFrame", "Sender", "ServiceResult", "SessionReply", "SupervisorPolicy",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +184,9 @@ class Context:
         """Send `msg` to `to` (an `Address`, or a local actor's name). False if refused."""
         return self._runtime._route(to, self.me, msg)
 
-    def forward(self, to: Address | str, msg: object) -> bool:
-        """Send `msg` on, keeping the current sender, so `to` replies straight to it."""
-        return self._runtime._route(to, self.sender, msg)
+    def forward(self, to: Address | str, msg: object, *, sender: Sender = None) -> bool:
+        """Send `msg` on, keeping the current sender (or `sender`), so `to` replies straight to it."""
+        return self._runtime._route(to, self.sender if sender is None else sender, msg)
 
     def reply(self, msg: object) -> bool:
         """Answer the sender of the current message (actor or client)."""
@@ -223,6 +197,8 @@ class Context:
         if target is None:
             return False
         if type(target) is ClientRef:
+            if target.inner_id is not None:
+                return self._runtime._session_reply(target, msg)
             return self._runtime.env.reply_client(target, msg)
         return self._runtime._route(target, self.me, msg)
 
@@ -502,6 +478,20 @@ class NodeRuntime:
             # answered by the local actor that owns the client reference.
             raise TypeError(f"cannot send to remote {to} on behalf of {sender!r}")
         return self.env.send_remote(to, sender, msg)
+
+    def _session_reply(self, ref: ClientRef, msg: object) -> bool:
+        """Queue an answer to an opened in-session request for the local `sessions` actor.
+
+        Never refused for a full mailbox, like service results: their number
+        is bounded by the requests `sessions` itself forwarded. False only
+        when there is no running `sessions` actor to seal it (the in-flight
+        request then expires in the driver, answered UNAVAILABLE).
+        """
+        cell = self._cells.get(SESSIONS)
+        if cell is None or self._stopped or cell.state is ActorState.STOPPED:
+            return False
+        self._enqueue(cell, None, SessionReply(ref, msg))
+        return True
 
     def _dispatch(self, cell: _Cell, sender: Sender, msg: object) -> None:
         ctx = cell.ctx

@@ -102,6 +102,7 @@ class SubkeySign:
     """Sign `data` with the current sub-key (local actors only). Answered with `SubkeySignature`."""
 
     data: bytes
+    request_id: int = 0  # echoed in the answer, so an asker with several in flight can match them
 
 
 @message(tag=0x0604)
@@ -111,6 +112,7 @@ class SubkeySignature:
 
     signature: bytes
     serial: int
+    request_id: int = 0  # the request's
 
 
 @message(tag=0x0605)
@@ -306,14 +308,14 @@ class SubkeysActor(Actor):
                     ctx.reply(self._no_subkey())
                 else:
                     ctx.reply(self.current.info())
-            case SubkeySign(data=data):
+            case SubkeySign(data=data, request_id=request_id):
                 if not self._from_local_actor(ctx, "SubkeySign"):
                     return
                 if self.current is None:
                     ctx.reply(self._no_subkey())
                     return
                 signature = self.current.signing.sign(data)
-                ctx.reply(SubkeySignature(signature=signature, serial=self.current.serial))
+                ctx.reply(SubkeySignature(signature=signature, serial=self.current.serial, request_id=request_id))
             case SubkeyAgree(peer_public=peer, serial=serial):
                 if self._from_local_actor(ctx, "SubkeyAgree"):
                     self._agree(ctx, peer, serial)

@@ -30,6 +30,7 @@ from keyswarm.config.model import (
     SessionsConfig,
     StorageConfig,
     SubkeysConfig,
+    TokenConfig,
     TransportConfig,
     section_types,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "SessionsConfig",
     "StorageConfig",
     "SubkeysConfig",
+    "TokenConfig",
     "TransportConfig",
     "config_to_toml",
     "load_config",

@@ -256,6 +256,32 @@ def check_path(value: str) -> str | None:
     return None
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def check_env_name(value: str) -> str | None:
+    """the name of an environment variable: A-Z a-z 0-9 _, not starting with a digit ("" = none)."""
+    if value and not _ENV_NAME.fullmatch(value):
+        return "an environment variable name is 1-128 of A-Z a-z 0-9 _, not starting with a digit"
+    return None
+
+
+def check_token_spec(value: str) -> str | None:
+    """soft:PATH, virtual:PATH[?fw=F&serial=N&latency=L] or yubikey:[SERIAL] ("" = no token)."""
+    if not value:
+        return None
+    if "\x00" in value or len(value.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
+        return f"a token spec has no NUL and at most {_MAX_PATH_BYTES} bytes"
+    # Imported here: only a config that names a token pays for the hardware layer.
+    from keyswarm.hardware.specs import parse_token_spec
+
+    try:
+        parse_token_spec(value)
+    except ConfigError as exc:
+        return str(exc).removeprefix("field token: ").removeprefix(f"token spec {value!r}: ")
+    return None
+
+
 def endpoints_overlap(a: str, b: str) -> bool:
     """True when binding both would collide: same endpoint, or a wildcard host on the same port."""
     if a == b:
@@ -437,6 +463,36 @@ class SubkeysConfig(_Checked):
     rotate_at_fraction: float = setting(0.5, above=0, below=1)  # share of the lifetime after which a successor is minted
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TokenConfig(_Checked):
+    """`[token]`: the node's token and enrolled certificates; no `spec`: no hardware and sub-keys actors."""
+
+    spec: str = setting("", check=check_token_spec)  # the node's token (keyswarm enroll-node --node-token); "" = none
+    node_certificate: str = setting("", check=check_path)  # PEM file of this node's certificate (enroll-node's node.pem)
+    root_certificate: str = setting("", check=check_path)  # PEM file of the network's root certificate (root.pem)
+    passphrase_env: str = setting("", check=check_env_name)  # variable holding a soft token's passphrase; "" = none
+    pin_env: str = setting("", check=check_env_name)  # variable holding the PIV PIN; "" = KEYSWARM_PIN, else a prompt on a terminal
+    management_key_env: str = setting("", check=check_env_name)  # variable holding the PIV management key, hex; "" = factory default
+
+    def _check_across_fields(self) -> None:
+        # The files themselves are read at node start (they belong to the node's
+        # disk, like data_dir); here only what the file says must hold together.
+        if not self.spec:
+            for name in ("node_certificate", "root_certificate", "passphrase_env", "pin_env", "management_key_env"):
+                if getattr(self, name):
+                    raise config_error(name, "set, but there is no token spec; set spec or remove this")
+            return
+        for name in ("node_certificate", "root_certificate"):
+            if not getattr(self, name):
+                raise config_error(name, f"required with a token spec ({self.spec!r}): the node runs on its enrolled certificates")
+        soft = self.spec.startswith("soft:")
+        if soft and (self.pin_env or self.management_key_env):
+            raise config_error("pin_env" if self.pin_env else "management_key_env",
+                               "a soft token has no PIN or management key; use passphrase_env")
+        if not soft and self.passphrase_env:
+            raise config_error("passphrase_env", "a passphrase is for soft tokens; this token takes a PIN (pin_env)")
+
+
 # --- the whole -------------------------------------------------------------
 
 
@@ -459,6 +515,7 @@ class NodeConfig(_Checked):
     sessions: SessionsConfig = dataclasses.field(default_factory=SessionsConfig)
     replication: ReplicationConfig = dataclasses.field(default_factory=ReplicationConfig)
     subkeys: SubkeysConfig = dataclasses.field(default_factory=SubkeysConfig)
+    token: TokenConfig = dataclasses.field(default_factory=TokenConfig)
 
     def _check_across_fields(self) -> None:
         if self.runtime.allow_insecure_entropy and self.profile != "sim":

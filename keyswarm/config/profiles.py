@@ -9,8 +9,8 @@ Rules:
 - Only `sim` may (and does) set `runtime.allow_insecure_entropy`: the
   simulator draws every random byte from one seed, which is the point of a
   replayable run and the opposite of what a real node needs.
-- A profile never sets the node's identity or its peers: those belong to the
-  file. `profile_defaults` fills the identity with the placeholder `n1` on the
+- A profile never sets the node's identity, its peers or its `[token]` (the
+  token and the certificates enrolled on it): those belong to the file. `profile_defaults` fills the identity with the placeholder `n1` on the
   default endpoints so that the result is a valid config.
 - Profiles are built on demand (no module-level config objects to mutate).
 """

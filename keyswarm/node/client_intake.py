@@ -11,6 +11,14 @@ Rules (DESIGN sections 5 and 9):
   naming what was wrong (BAD_REQUEST, TOO_LARGE, UNSUPPORTED_VERSION), BUSY,
   or UNAVAILABLE (draining, expired in the node, node stopping). Frames past
   2x the limit never get here: libzmq drops their connection (MAXMSGSIZE).
+- In-session frames (`[1, "s", counter, [session_id, ciphertext]]`, told
+  apart by their first four bytes) are parsed here and delivered to the
+  `sessions` actor as a `SessionFrame`, with the counter in the request-id
+  slot: the same in-flight table, caps and BUSY apply. Their slot is keyed
+  by (identity, counter, session id), so a client's plain request ids and
+  each session's counters never collide. Errors decided here (malformed,
+  BUSY, UNAVAILABLE, expired) are plain error replies under the counter;
+  answers the sessions actor sealed arrive as a `RawFrame`, sent as they are.
 - Memory stays bounded whatever clients send: an admitted request stays in
   the table until answered, expired or abandoned, so the table holds at most
   `total_max` entries; a client (ZeroMQ identity) has at most
@@ -36,7 +44,9 @@ from collections.abc import Iterator
 import zmq
 
 from keyswarm.actors.messages import Failure
-from keyswarm.actors.runtime import ClientRef, Delivery, NodeRuntime
+from keyswarm.actors.runtime import SESSIONS, ClientRef, Delivery, NodeRuntime, RawFrame
+from keyswarm.actors.session_messages import SessionFrame
+from keyswarm.crypto.session_keys import parse_frame
 from keyswarm.errors import RETRYABLE_CODES, Busy, ErrorCode, KeyswarmError, ProtocolError, Unavailable
 from keyswarm.transport import frames, zmq_sockets
 from keyswarm.transport.codec import Limits
@@ -46,8 +56,14 @@ log = logging.getLogger("keyswarm.node")
 #: Seconds between two log lines about the same kind of bad input.
 LOG_INTERVAL_S = 5.0
 
-#: (identity, request_id): one client request.
-RequestKey = tuple[bytes, int]
+#: (identity, request_id) for a plain request; (identity, counter, session_id) for an in-session frame.
+RequestKey = tuple[bytes, int] | tuple[bytes, int, bytes]
+#: The first bytes of every version-1 in-session frame: array of 4, version 1, kind "s".
+SESSION_FRAME_PREFIX = b"\x94\x01\xa1s"
+
+
+def request_key(identity: bytes, request_id: int, session: bytes = b"") -> RequestKey:
+    return (identity, request_id, session) if session else (identity, request_id)
 
 
 class RateLimitedLog:
@@ -91,24 +107,25 @@ class InflightRequests:
         """Clients with at least one request in flight."""
         return len(self._per_client)
 
-    def refusal(self, identity: bytes, request_id: int) -> tuple[ErrorCode, str] | None:
-        """Why a new request may not be admitted now, or None if it may."""
-        if (identity, request_id) in self._deadlines:
-            return ErrorCode.BAD_REQUEST, f"request id {request_id} is already in flight"
+    def refusal(self, identity: bytes, request_id: int, session: bytes = b"") -> tuple[ErrorCode, str] | None:
+        """Why a new request (of `session`, b"": a plain one) may not be admitted now, or None if it may."""
+        if request_key(identity, request_id, session) in self._deadlines:
+            what = "counter" if session else "request id"
+            return ErrorCode.BAD_REQUEST, f"{what} {request_id} is already in flight"
         if self._per_client.get(identity, 0) >= self.per_client_max:
             return ErrorCode.BUSY, f"over {self.per_client_max} requests in flight from this client"
         if len(self._deadlines) >= self.total_max:
             return ErrorCode.BUSY, "the node has too many requests in flight"
         return None
 
-    def add(self, identity: bytes, request_id: int, now: float) -> None:
+    def add(self, identity: bytes, request_id: int, now: float, session: bytes = b"") -> None:
         """Record a request that `refusal` let through and that was delivered."""
-        self._deadlines[(identity, request_id)] = now + self.deadline_s
+        self._deadlines[request_key(identity, request_id, session)] = now + self.deadline_s
         self._per_client[identity] = self._per_client.get(identity, 0) + 1
 
-    def finish(self, identity: bytes, request_id: int) -> bool:
+    def finish(self, identity: bytes, request_id: int, session: bytes = b"") -> bool:
         """Remove an answered request; False if it was not in flight (expired, or answered twice)."""
-        if self._deadlines.pop((identity, request_id), None) is None:
+        if self._deadlines.pop(request_key(identity, request_id, session), None) is None:
             return False
         self._release(identity)
         return True
@@ -150,10 +167,12 @@ class ClientIntake:
         limits: Limits,
         inflight: InflightRequests,
         ratelog: RateLimitedLog,
+        sessions: str = SESSIONS,
     ):
         self.runtime = runtime
         self.node_id = runtime.node_id
         self.gateway = gateway
+        self.sessions = sessions
         self.limits = limits
         self.inflight = inflight
         self.draining = False
@@ -186,6 +205,9 @@ class ClientIntake:
         if len(data) > self._max_frame:
             self._bad(identity, 0, ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes is over the limit of {self._max_frame}")
             return
+        if data[:4] == SESSION_FRAME_PREFIX:
+            self._on_session_frame(identity, data, now)
+            return
         try:
             request_id, msg = frames.decode_request(data, limits=self.limits)
         except ProtocolError as exc:
@@ -212,13 +234,44 @@ class ClientIntake:
         else:
             self.refuse(identity, request_id, ErrorCode.INTERNAL, f"no gateway actor on this node ({outcome.value})")
 
+    def _on_session_frame(self, identity: bytes, data: bytes, now: float) -> None:
+        try:
+            counter, session_id, ciphertext = parse_frame(data, limits=self.limits)
+        except ProtocolError as exc:
+            self._bad(identity, exc.request_id if exc.request_id is not None else 0, exc.code, str(exc))
+            return
+        if self.draining:
+            self.refuse(identity, counter, ErrorCode.UNAVAILABLE, "node is draining")
+            return
+        refusal = self.inflight.refusal(identity, counter, session_id)
+        if refusal is not None:
+            code, message = refusal
+            if code is ErrorCode.BUSY:
+                self._busy(identity, counter, message)
+            else:
+                self._bad(identity, counter, code, message)
+            return
+        ref = ClientRef(self.node_id, identity, counter, session_id)
+        outcome = self.runtime.deliver(self.sessions, ref, SessionFrame(counter, session_id, ciphertext))
+        if outcome is Delivery.QUEUED:
+            self.inflight.add(identity, counter, now, session_id)
+        elif outcome is Delivery.FULL:
+            self._busy(identity, counter, "the sessions actor is over its queue bound")
+        elif outcome is Delivery.STOPPED:
+            self.refuse(identity, counter, ErrorCode.UNAVAILABLE, "the sessions actor is stopped")
+        else:
+            self.refuse(identity, counter, ErrorCode.UNAUTHENTICATED,
+                        "this node holds no sessions (it runs no sessions actor)")
+
     # --- answers out -------------------------------------------------------------
 
     def reply(self, ref: ClientRef, msg: object) -> bool:
         """An actor's answer to a client request (the runtime's `reply_client`)."""
-        if ref.node != self.node_id or not self.inflight.finish(ref.identity, ref.request_id):
+        if ref.node != self.node_id or not self.inflight.finish(ref.identity, ref.request_id, ref.session):
             self.counters["late_replies"] += 1  # expired and already answered, or answered twice
             return False
+        if type(msg) is RawFrame:  # sealed by the sessions actor, which kept it under the frame limit
+            return self._send(ref.identity, msg.data)
         try:
             if type(msg) is Failure:
                 data = frames.encode_error(
@@ -244,9 +297,9 @@ class ClientIntake:
         """Answer UNAVAILABLE to every request past its deadline; returns how many."""
         message = f"timed out in the node after {self.inflight.deadline_s:g} s"
         expired = 0
-        for identity, request_id in self.inflight.expire(now):
+        for key in self.inflight.expire(now):
             expired += 1
-            self.refuse(identity, request_id, ErrorCode.UNAVAILABLE, message)
+            self.refuse(key[0], key[1], ErrorCode.UNAVAILABLE, message)
         if expired:
             self.counters["expired"] += expired
             self._ratelog.warning("expired", "node %s: %d request(s) expired unanswered", self.node_id, expired)
@@ -255,8 +308,8 @@ class ClientIntake:
     def abandon_all(self) -> int:
         """The node stops now: answer UNAVAILABLE to everything in flight; returns how many."""
         keys = self.inflight.take_all()
-        for identity, request_id in keys:
-            self.refuse(identity, request_id, ErrorCode.UNAVAILABLE, "the node stopped before answering")
+        for key in keys:
+            self.refuse(key[0], key[1], ErrorCode.UNAVAILABLE, "the node stopped before answering")
         return len(keys)
 
     def refuse(self, identity: bytes, request_id: int, code: ErrorCode, message: str) -> None:

@@ -29,7 +29,6 @@ Rules (DESIGN sections 2, 5 and 9):
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import math
 import os
@@ -37,24 +36,22 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import uvloop
 import zmq
 
 from keyswarm.actors.runtime import ActorSpec, Address, ClientRef, Delivery, NodeRuntime, SupervisorPolicy
 from keyswarm.config import NodeConfig
-from keyswarm.errors import ConfigError, KeyswarmError, ProtocolError, Unavailable
+from keyswarm.errors import ConfigError, KeyswarmError, ProtocolError
 from keyswarm.node.assembly import GATEWAY, node_actors, node_services, open_node_storage
 from keyswarm.node.client_intake import ClientIntake, InflightRequests, RateLimitedLog
+from keyswarm.node.node_token import open_node_token
 from keyswarm.node.service_threads import ServiceThreads
 from keyswarm.node.services import BlockingService
 from keyswarm.transport import frames, zmq_sockets
 from keyswarm.transport.codec import Limits
 
 log = logging.getLogger("keyswarm.node")
-T = TypeVar("T")
 
 #: Client requests in flight on the whole node before new ones get BUSY. Bounds
 #: the in-flight table when many distinct clients each stay under their own cap.
@@ -108,15 +105,24 @@ class NodeDriver:
         self._context: zmq.Context | None = None
         # The event log and signing key (KeyswarmError when either is damaged:
         # the node refuses to start). The log is closed with the services.
-        storage = open_node_storage(config) if actors is None or services is None else None
+        # The token (`[token]`: ConfigError when its certificates or key do not
+        # check out) joins only a node assembled here: given actors or services
+        # mean the caller assembles the node, token included.
+        token = open_node_token(config) if actors is None and services is None else None
+        try:
+            storage = open_node_storage(config) if actors is None or services is None else None
+        except BaseException:
+            if token is not None:
+                token.service.close()
+            raise
         if services is None:
-            services = node_services(config.node.data_dir or None, event_log=storage.event_log)
+            services = node_services(config.node.data_dir or None, event_log=storage.event_log, token=token)
         elif storage is not None:
             storage.event_log.close()  # opened for the key check only: the given services bring their own
         rt = config.runtime
         self.runtime = NodeRuntime(
             self.node_id,
-            node_actors(config.storage, signer_key=storage.signer_key) if actors is None else actors,
+            node_actors(config.storage, signer_key=storage.signer_key, token=token) if actors is None else actors,
             self,
             rng=random.Random(int.from_bytes(os.urandom(8))),
             mailbox_capacity=config.limits.mailbox_capacity,
@@ -527,83 +533,11 @@ def run_node(config: NodeConfig) -> int:
         return 2
 
 
-class NodeThread:
-    """A `NodeDriver` on its own uvloop in a daemon thread (tests and benchmarks).
+def __getattr__(name: str) -> object:
+    # `NodeThread` lives in `keyswarm.node.node_thread` (it imports this module);
+    # `from keyswarm.node.driver import NodeThread` keeps working.
+    if name == "NodeThread":
+        from keyswarm.node.node_thread import NodeThread
 
-    `with NodeThread(config) as node:` starts it (waiting until bound) and stops
-    it on exit. `node.driver` is the driver; read its state only when the node
-    is idle or stopped (it belongs to the node's thread).
-    """
-
-    def __init__(self, config: NodeConfig, **driver_kwargs: object):
-        self.driver = NodeDriver(config, **driver_kwargs)
-        self.exit_code: int | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name=f"keyswarm-node-{config.node.id}", daemon=True)
-
-    @property
-    def client_endpoint(self) -> str:
-        return self.driver.client_endpoint
-
-    @property
-    def peer_endpoint(self) -> str:
-        return self.driver.peer_endpoint
-
-    def _main(self) -> None:
-        try:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                self.exit_code = runner.run(self.driver.run())
-        except BaseException as exc:  # handed to the starting or stopping thread, which re-raises it
-            self.error = exc
-
-    def start(self, timeout_s: float = 10.0) -> NodeThread:
-        """Start the node and wait until its sockets are bound; re-raises a start failure."""
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.driver.ready.wait(0.01):
-            if not self._thread.is_alive():  # `run` failed before it was up
-                raise self.error or Unavailable(f"node {self.driver.node_id} exited while starting")
-            if time.monotonic() >= deadline:
-                self.driver.request_stop()
-                raise Unavailable(f"node {self.driver.node_id} did not start within {timeout_s} s")
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> int | None:
-        """Request a graceful stop and wait for it; returns the driver's exit code."""
-        if self._thread.ident is None:
-            return None  # never started
-        if not self.driver.stop_requested:  # a second request would cut the drain short
-            self.driver.request_stop()
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            self.driver.request_stop()  # second request: stop at once
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                raise Unavailable(f"node {self.driver.node_id} did not stop within {2 * timeout_s} s")
-        if self.error is not None:
-            raise self.error
-        return self.exit_code
-
-    def call(self, fn: Callable[[], T], timeout_s: float = 5.0) -> T:
-        """Run `fn` on the node's loop thread and return its result (to read state safely)."""
-        done: concurrent.futures.Future = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                done.set_result(fn())
-            except BaseException as exc:  # handed back to the calling thread
-                done.set_exception(exc)
-
-        self.driver._loop.call_soon_threadsafe(run)
-        return done.result(timeout_s)
-
-    def stats(self, timeout_s: float = 5.0) -> dict[str, object]:
-        """`driver.stats()`, read on the node's thread."""
-        return self.call(self.driver.stats, timeout_s)
-
-    def __enter__(self) -> NodeThread:
-        return self.start() if self._thread.ident is None else self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._thread.is_alive():
-            self.stop()
+        return NodeThread
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,13 +1,20 @@
 """A network of local node processes: what `keyswarm up` plans, starts, shows and stops.
 
 Owns: the plan of an N-node network on one host (ids, ports, directories),
-the TOML file each node reads, the node processes and their lifecycle, and
-the demonstration `keyswarm up --demo` runs.
+the TOML file each node reads, the node processes and their lifecycle.
+The soft-token root and enrolments are `local_pki`'s; the demonstration
+`keyswarm up --demo` runs is `local_demo`'s.
 
 Rules:
 - Layout: node `nK` (K = 1..N) listens for clients on BASE+K and for peers on
-  BASE+100+K; its config, data and log live in `ROOT/nK/`; every node lists
-  every other node as a `[[peers]]` seed.
+  BASE+100+K; its config, data, log, token and certificates live in
+  `ROOT/nK/`, the network's root in `ROOT/root/`; every node lists every
+  other node as a `[[peers]]` seed.
+- Tokens by default: before any node starts, a root (network "local") and
+  one soft token per node are made with `keyswarm init` / `enroll-node`'s
+  code, and each node's `[token]` names them, so every node runs the
+  hardware and sub-keys actors. `tokens=False` (`--no-tokens`) writes no
+  `[token]` section: nodes as they were before tokens.
 - Ports are checked before anything starts; a busy port is a `TransportError`
   naming the port and the node that needed it.
 - Every node runs as `python -m keyswarm node --config ROOT/nK/node.toml`
@@ -38,6 +45,7 @@ from collections.abc import Callable
 
 from keyswarm.config import load_config_text
 from keyswarm.errors import KeyswarmError, TransportError
+from keyswarm.node.local_pki import LocalPki, enrol_local_network, node_token_files
 
 HOST = "127.0.0.1"
 #: Peer ports sit this far above client ports.
@@ -93,8 +101,8 @@ def plan_network(count: int, *, base_port: int, root: str, host: str = HOST) -> 
     )
 
 
-def node_config_text(plan: tuple[PlannedNode, ...], node: PlannedNode) -> str:
-    """The TOML file of `node`: its identity and endpoints, every other node as a peer."""
+def node_config_text(plan: tuple[PlannedNode, ...], node: PlannedNode, *, tokens: bool = True) -> str:
+    """The TOML file of `node`: its identity and endpoints, every other node as a peer, and (`tokens`) its `[token]`."""
     quote = json.dumps  # a JSON string is a valid TOML basic string
     lines = [
         f"# keyswarm: node {node.id} of a {len(plan)}-node local network, written by `keyswarm up`.",
@@ -111,10 +119,20 @@ def node_config_text(plan: tuple[PlannedNode, ...], node: PlannedNode) -> str:
     for peer in plan:
         if peer.id != node.id:
             lines += ["", "[[peers]]", f"id = {quote(peer.id)}", f"endpoint = {quote(peer.peer_endpoint)}"]
+    if tokens:
+        files = node_token_files(node.directory)
+        lines += [
+            "",
+            "# A soft token: keys NOT hardware-protected (development only). keyswarm up enrolled it.",
+            "[token]",
+            f"spec = {quote(files.spec)}",
+            f"node_certificate = {quote(files.node_certificate)}",
+            f"root_certificate = {quote(files.root_certificate)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def write_configs(plan: tuple[PlannedNode, ...]) -> list[str]:
+def write_configs(plan: tuple[PlannedNode, ...], *, tokens: bool = True) -> list[str]:
     """Create each node's directory and write its `node.toml`; returns the paths.
 
     Each file is checked with the config loader before it is written, so a
@@ -122,7 +140,7 @@ def write_configs(plan: tuple[PlannedNode, ...]) -> list[str]:
     """
     paths = []
     for node in plan:
-        text = node_config_text(plan, node)
+        text = node_config_text(plan, node, tokens=tokens)
         load_config_text(text, source=node.config_path)
         try:
             os.makedirs(node.data_dir, exist_ok=True)
@@ -302,12 +320,17 @@ def read_log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
 class LocalNetwork:
     """The processes of a planned network. Use as a context manager: exit stops them all."""
 
-    def __init__(self, plan: tuple[PlannedNode, ...], *, log_level: str = "info", stop_timeout_s: float = 15.0):
+    def __init__(
+        self, plan: tuple[PlannedNode, ...], *, log_level: str = "info", stop_timeout_s: float = 15.0, tokens: bool = True
+    ):
         self.plan = plan
         self.log_level = log_level
         self.stop_timeout_s = stop_timeout_s
+        self.tokens = tokens
         self.processes: dict[str, subprocess.Popen] = {}
         self.stop_reports: list[StopReport] | None = None
+        #: The root and enrolments (`tokens`), once `start` made or reused them.
+        self.pki: LocalPki | None = None
 
     def __enter__(self) -> LocalNetwork:
         return self
@@ -316,10 +339,13 @@ class LocalNetwork:
         self.stop()
 
     def start(self) -> None:
-        """Check ports, write configs, spawn every node (does not wait for them)."""
+        """Check ports, enrol the tokens, write configs, spawn every node (does not wait for them)."""
         assert not self.processes, "network started twice"
         check_ports_free(self.plan)
-        write_configs(self.plan)
+        if self.tokens:
+            root = os.path.dirname(self.plan[0].directory)
+            self.pki = enrol_local_network(root, [(node.id, node.directory) for node in self.plan])
+        write_configs(self.plan, tokens=self.tokens)
         for node in self.plan:
             self.processes[node.id] = spawn_node(node.config_path, node.log_path, log_level=self.log_level)
 
@@ -393,6 +419,7 @@ def run_up(
     base_port: int,
     data_dir: str | None,
     demo: bool,
+    tokens: bool = True,
     log_level: str = "info",
     status_interval_s: float = 5.0,
     start_timeout_s: float = 30.0,
@@ -403,14 +430,17 @@ def run_up(
 
     Returns 0 when everything asked for worked and every node exited 0 after
     SIGTERM. Without `data_dir` the files live in a temporary directory that
-    is removed at the end.
+    is removed at the end. `tokens`: each node on its own soft token,
+    enrolled under a root made for the network (see `local_pki`).
     """
+    from keyswarm.node.local_demo import run_demo
+
     import shutil
     import tempfile
 
     root = data_dir if data_dir is not None else tempfile.mkdtemp(prefix="keyswarm-up-")
     plan = plan_network(nodes, base_port=base_port, root=root)
-    network = LocalNetwork(plan, log_level=log_level, stop_timeout_s=stop_timeout_s)
+    network = LocalNetwork(plan, log_level=log_level, stop_timeout_s=stop_timeout_s, tokens=tokens)
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     ok = False
     try:
@@ -418,6 +448,8 @@ def run_up(
         where = os.path.abspath(root) + ("  (temporary, removed at the end)" if data_dir is None else "")
         out(f"starting {nodes} node{'s' if nodes > 1 else ''} on {HOST}; configs, data and logs in {where}")
         network.start()
+        if network.pki is not None:
+            show_pki(network.pki, len(plan), out=out)
         health = network.wait_healthy(start_timeout_s)
         out("")
         show_network(network, health, out=out)
@@ -456,12 +488,23 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def show_pki(pki: LocalPki, count: int, *, out: Callable[[str], object]) -> None:
+    """Where the network's root and tokens are, and the warning that soft tokens deserve."""
+    if pki.made:
+        made = ", ".join(pki.made)
+        out(f"network {pki.network_id} ('local'): made {made}; root certificate in {pki.root_directory}")
+    else:
+        out(f"network {pki.network_id} ('local'): root and {count} enrolled node(s) reused from {pki.root_directory}")
+    out("warning: every node runs on a SOFT TOKEN (a key file): keys are NOT hardware-protected; development only")
+
+
 def show_network(network: LocalNetwork, health: dict[str, object], *, out: Callable[[str], object]) -> None:
-    rows = [
-        [n.id, n.client_endpoint, n.peer_endpoint, str(network.processes[n.id].pid), health[n.id].status]
-        for n in network.plan
-    ]
-    format_table(["node", "client endpoint", "peer endpoint", "pid", "status"], rows, out=out)
+    rows = []
+    for n in network.plan:
+        value = health[n.id]
+        token = f"{value.token_kind or '?'} {value.token}" if value.token else "-"
+        rows.append([n.id, n.client_endpoint, n.peer_endpoint, str(network.processes[n.id].pid), value.status, token])
+    format_table(["node", "client endpoint", "peer endpoint", "pid", "status", "token"], rows, out=out)
     out(f"  logs: {os.path.join(os.path.dirname(network.plan[0].directory), 'nK', 'node.log')}")
 
 
@@ -490,7 +533,10 @@ def watch(network: LocalNetwork, *, interval_s: float, out: Callable[[str], obje
             if reply.error is not None:
                 cells.append(f"{node.id} error {getattr(reply.error, 'code', reply.error)}")
             else:
-                cells.append(f"{node.id} {reply.value.status} up {reply.value.uptime_s:.0f}s")
+                value = reply.value
+                trouble = value.token not in ("", "ready") or value.subkey not in ("", "ok")
+                why = f" (token {value.token}, sub-key {value.subkey})" if trouble else ""
+                cells.append(f"{node.id} {value.status} up {value.uptime_s:.0f}s{why}")
         out(time.strftime("%H:%M:%S") + "  " + " | ".join(cells))
         if len(exited) == len(network.plan):
             out("every node has exited")
@@ -514,87 +560,3 @@ def report_stop(reports: list[StopReport], *, out: Callable[[str], object]) -> b
         return True
     out(f"{len(reports) - len(clean)} of {len(reports)} nodes did not stop cleanly")
     return False
-
-
-# --- the demonstration -------------------------------------------------------------
-
-
-#: How long the demo keeps retrying a ping while the peer links come up.
-PING_SETTLE_S = 10.0
-
-
-def run_demo(network: LocalNetwork, *, out: Callable[[str], object]) -> bool:
-    """Health, peer pings, counters and echo on every node; True if every step worked."""
-    from keyswarm.actors.messages import Echo, Health, Increment, PingPeer
-
-    plan = network.plan
-    ok = True
-
-    out("1. health: each node answers a client")
-    rows = []
-    for node in plan:
-        value, error = _ask(node, Health())
-        ok &= error is None
-        if error is None:
-            actors = ", ".join(f"{name} {state}" for name, state in sorted(value.actors.items()))
-            rows.append([node.id, value.status, f"{value.uptime_s:.1f} s", actors])
-        else:
-            rows.append([node.id, "FAILED", "", error])
-    format_table(["node", "status", "uptime", "actors"], rows, out=out)
-
-    out("\n2. peer network: each node pings every other node's echo actor (ping.peer, round trip in ms)")
-    rows = []
-    settle_until = time.monotonic() + PING_SETTLE_S
-    for source in plan:
-        row = [source.id]
-        for target in plan:
-            if target.id == source.id:
-                row.append("-")
-                continue
-            value, error = _ask(source, PingPeer(target=target.id, timeout_s=1.0), retry_until=settle_until)
-            ok &= error is None
-            row.append(f"{value.rtt_ms:.2f}" if error is None else "FAIL")
-            if error is not None:
-                out(f"  {source.id} -> {target.id}: {error}")
-        rows.append(row)
-    format_table(["from \\ to", *(n.id for n in plan)], rows, out=out)
-
-    out("\n3. counter: 'demo' incremented three times on each node, through its blocking counter-store service")
-    rows = []
-    for node in plan:
-        values = []
-        for _ in range(3):
-            value, error = _ask(node, Increment(name="demo", by=1))
-            ok &= error is None
-            values.append(str(value.value) if error is None else f"FAIL ({error})")
-        rows.append([node.id, " -> ".join(values), os.path.join(node.data_dir, "counters.json")])
-    format_table(["node", "values", "persisted in"], rows, out=out)
-
-    out("\n4. echo: each node sends back what a client sent")
-    rows = []
-    for node in plan:
-        text = f"hello {node.id}"
-        value, error = _ask(node, Echo(payload=text.encode()))
-        good = error is None and value.payload == text.encode() and value.node == node.id
-        ok &= good
-        shown = f"{value.payload.decode(errors='replace')!r} from {value.node}" if error is None else error
-        rows.append([node.id, repr(text), shown, "ok" if good else "MISMATCH" if error is None else "FAIL"])
-    format_table(["node", "sent", "received", ""], rows, out=out)
-    out("\ndemo: every step succeeded" if ok else "demo: some steps FAILED (see above)")
-    return ok
-
-
-def _ask(node: PlannedNode, msg: object, *, retry_until: float = 0.0, timeout_s: float = 3.0) -> tuple[object, str | None]:
-    """`(value, None)` or `(None, "CODE: message")`; retries until `retry_until` while it fails."""
-    while True:
-        try:
-            reply = request(node.client_endpoint, msg, timeout_s=timeout_s)
-        except KeyswarmError as exc:
-            error = f"no reply: {exc}"
-        else:
-            if reply.error is None:
-                return reply.value, None
-            error = f"{reply.error.code}: {reply.error.message}"
-        if time.monotonic() >= retry_until:
-            return None, error
-        time.sleep(0.1)

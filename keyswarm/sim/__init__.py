@@ -5,7 +5,10 @@
 - `node`: `SimNode`, one simulated node: the `Environment` of a real
   `NodeRuntime` (skewed clock, seeded entropy, modelled blocking services).
 - `driver`: `Simulation`, the event heap in virtual time, the cluster, the
-  bytes between nodes, clients, crash/restart, the trace.
+  bytes between nodes, clients, crash/restart, token unplug/plug.
+- `records`: client outcomes, counters and the trace.
+- `tokens`: the simulation's root, one virtual YubiKey per node, node
+  certificates issued at sim start.
 - `command`: the `keyswarm sim` subcommand (workload, checkers, report).
 
 The simulator's entropy is seeded and therefore INSECURE BY DESIGN: it exists

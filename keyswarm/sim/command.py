@@ -88,6 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="crash NODE at T1 s and restart it at T2 s (repeatable)")
     p("--skew", action="append", default=[], metavar="NODE:OFFSET_S[:DRIFT]",
       help="NODE's clock reads virtual time + OFFSET_S, running 1+DRIFT times as fast (repeatable)")
+    p("--unplug", action="append", default=[], metavar="NODE@T1[-T2]",
+      help="pull NODE's YubiKey out at T1 s and plug it back at T2 s (repeatable)")
+    p("--token-latency-ms", type=float, default=90.0,
+      help="modelled time of one token operation (the virtual YubiKey's PIN verify + signature), ms (default 90)")
     p("--trace", metavar="FILE", default=None, help="write every traced event to FILE")
 
 
@@ -149,6 +153,15 @@ def _schedule_faults(sim: Simulation, args: argparse.Namespace) -> list[str]:
         if m.group(3) is not None:
             # Overlapping windows may ask to restart a node that is up again: no-op.
             sim.at(float(m.group(3)), lambda n=node: sim.node(n).up or sim.restart(n), f"restart {node}")
+    for spec in args.unplug:
+        m = _CRASH_RE.match(spec)
+        if not m:
+            raise _BadOption(f"--unplug {spec!r}: expected NODE@T1 or NODE@T1-T2")
+        node = known(m.group(1))
+        faulted.append(node)
+        sim.at(float(m.group(2)), lambda n=node: sim.unplug_token(n), f"unplug {node}")
+        if m.group(3) is not None:
+            sim.at(float(m.group(3)), lambda n=node: sim.plug_token(n), f"plug {node}")
     return faulted
 
 
@@ -255,8 +268,8 @@ def replay_command(args: argparse.Namespace, seed: int) -> str:
              "--workload", args.workload, "--rate", repr(args.rate), "--timeout-s", repr(args.timeout_s),
              "--loss", repr(args.loss), "--dup", repr(args.dup), "--reorder", repr(args.reorder),
              "--latency-ms", repr(args.latency_ms), "--jitter-ms", repr(args.jitter_ms),
-             "--service-latency-ms", repr(args.service_latency_ms)]
-    for flag in ("partition", "spike", "crash", "skew"):
+             "--service-latency-ms", repr(args.service_latency_ms), "--token-latency-ms", repr(args.token_latency_ms)]
+    for flag in ("partition", "spike", "crash", "skew", "unplug"):
         for spec in getattr(args, flag):
             parts += [f"--{flag}", spec]
     return shlex.join(parts)
@@ -275,12 +288,13 @@ def run_simulation(args: argparse.Namespace, *, trace: str = "digest") -> SimRep
             loss=args.loss, duplicate=args.dup, reorder=args.reorder,
         )
         service = ServiceLatency(mean_s=args.service_latency_ms / 1000, jitter_s=args.service_latency_ms / 5000)
+        token = ServiceLatency(mean_s=args.token_latency_ms / 1000, jitter_s=args.token_latency_ms / 9000)
     except ValueError as exc:
         raise _BadOption(str(exc)) from None
     started = time.perf_counter()
     try:
         sim = Simulation(
-            seed, args.nodes, link=link, service_latency=service, skew=skew, drift=drift,
+            seed, args.nodes, link=link, service_latency=service, token_latency=token, skew=skew, drift=drift,
             request_timeout_s=args.timeout_s, trace="full" if args.trace else trace, replay_hint=f"replay: {replay}",
         )
     except ValueError as exc:
@@ -330,7 +344,8 @@ def format_report(report: SimReport, args: argparse.Namespace) -> str:
         f"keyswarm sim: {len(sim.nodes)} nodes, seed {report.seed}, workload {args.workload} at {args.rate:g}/s "
         f"for {args.duration:g} s (+{args.timeout_s + 1:g} s drain), virtual time {sim.now:.3f} s, wall {report.wall_s:.2f} s",
         f"faults: loss {args.loss:g} dup {args.dup:g} reorder {args.reorder:g}; partitions {args.partition or '-'}; "
-        f"spikes {args.spike or '-'}; crashes {args.crash or '-'}; skews {args.skew or '-'}",
+        f"spikes {args.spike or '-'}; crashes {args.crash or '-'}; skews {args.skew or '-'}; "
+        f"unplugs {args.unplug or '-'}",
         f"requests: sent {st.client_sent}, answered {st.client_answered}, timed out {st.client_timeouts}, "
         f"late replies {st.client_late}",
         "  by code: " + (", ".join(f"{code} {n}" for code, n in sorted(codes.items())) or "-"),
@@ -342,11 +357,28 @@ def format_report(report: SimReport, args: argparse.Namespace) -> str:
         f"dropped at crashed nodes {st.dropped_crashed}, mailbox full {st.mailbox_full}",
         f"events {st.events}, timers fired {st.timers}, service calls {st.service_calls}, "
         f"client messages lost {st.client_lost}",
+        "tokens at the end: " + _token_states(sim),
         f"trace digest: {sim.trace_digest()}",
         "invariants: held" if report.ok else f"INVARIANT VIOLATED: {report.failure}",
         f"replay: {report.replay}",
     ]
     return "\n".join(lines)
+
+
+def _token_states(sim: Simulation) -> str:
+    """`n1 ready/ok, n2 absent/expired`: each live node's token and sub-key state."""
+    if sim.tokens is None:
+        return "-"
+    cells = []
+    for name, node in sim.nodes.items():
+        if not node.up:
+            cells.append(f"{name} down")
+            continue
+        hardware, subkeys = node.runtime.actor("hardware"), node.runtime.actor("subkeys")
+        token = getattr(hardware, "state", "?")
+        subkey = getattr(getattr(subkeys, "state", None), "value", "?")
+        cells.append(f"{name} {token}/{subkey}" + ("" if sim.tokens.plugged(name) else " (unplugged)"))
+    return ", ".join(cells)
 
 
 def main(args: argparse.Namespace) -> int:

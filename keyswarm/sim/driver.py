@@ -3,7 +3,9 @@
 Owns the simulator's virtual time, its event heap, the seed, the cluster of
 simulated nodes (`keyswarm.sim.node.SimNode`, each the `Environment` of a
 real `NodeRuntime` running the real actors), the bytes between them, the
-simulated clients, crash and restart, and the trace.
+simulated clients, crash and restart, the "token unplugged" fault (the
+tokens themselves are `keyswarm.sim.tokens`'), and what goes in the trace
+(`keyswarm.sim.records` keeps it, with the outcomes and counters).
 
 Rules (DESIGN section 2 "sim", STYLE on trio's MockClock and TigerBeetle's VOPR):
 - One heap of `(time, seq, kind, payload)`; `seq` is a counter, so events at
@@ -30,92 +32,43 @@ Rules (DESIGN section 2 "sim", STYLE on trio's MockClock and TigerBeetle's VOPR)
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import random
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from keyswarm.actors.messages import Failure
-from keyswarm.actors.runtime import ActorSpec, Address, ClientRef, Delivery, SupervisorPolicy
-from keyswarm.config import StorageConfig
-from keyswarm.errors import DecodeError, ErrorCode, KeyswarmError, ServiceError, Unavailable
-from keyswarm.node.assembly import GATEWAY, node_actors, node_services
+from keyswarm.actors.runtime import ActorSpec, Address, ClientRef, Delivery, RawFrame, SupervisorPolicy
+from keyswarm.actors.hardware import TOKEN_SERVICE
+from keyswarm.config import StorageConfig, SubkeysConfig
+from keyswarm.errors import DecodeError, ErrorCode, KeyswarmError, ServiceError
+from keyswarm.node.assembly import GATEWAY, TokenParts, node_actors, node_services
 from keyswarm.sim.network import CLIENT, DEFAULT_CLIENT_LINK, LinkProfile, Network
-from keyswarm.sim.node import ServiceLatency, SimNode
+from keyswarm.sim.node import WALL_EPOCH_S, ServiceLatency, SimNode
+from keyswarm.sim.raw_clients import RawClients
+from keyswarm.sim.records import (
+    TRACE_MODES,
+    ClientOutcome,
+    RequestTimeout,
+    SimStats,
+    Trace,
+    describe_fate,
+    describe_reply,
+    show,
+)
+from keyswarm.sim.tokens import SimTokens
 from keyswarm.transport import frames
 
 log = logging.getLogger("keyswarm.sim")
 
-TRACE_MODES = ("full", "digest", "off")
-#: Longer message reprs are cut in trace lines (echo payloads may be megabytes).
-TRACE_REPR_MAX = 160
+#: The token service's modelled latency when the simulation runs its own tokens:
+#: a YubiKey's PIN verify plus one signature (docs/hardware.md, keygen bench: ~86-97 ms).
+DEFAULT_TOKEN_LATENCY = ServiceLatency(mean_s=0.090, jitter_s=0.010)
 
 # Event kinds. Payloads are tuples; `seq` makes heap entries unique, so a
 # payload is never compared.
 _PEER, _CLIENT_REQUEST, _CLIENT_REPLY, _TIMER, _SERVICE, _CALL, _TIMEOUT = range(7)
-
-
-class RequestTimeout(Unavailable):
-    """`Simulation.request` got no reply within its virtual timeout."""
-
-    def __init__(self, outcome: ClientOutcome, hint: str):
-        self.outcome = outcome
-        super().__init__(
-            f"request #{outcome.handle} {outcome.request!r} to {outcome.node} got no reply within "
-            f"{outcome.timeout_s} s of virtual time ({hint})"
-        )
-
-
-@dataclass(slots=True)
-class ClientOutcome:
-    """What became of one simulated client request."""
-
-    handle: int  # also the request id on the wire
-    node: str
-    request: object
-    sent_at: float  # virtual s
-    timeout_s: float
-    answered_at: float | None = None
-    reply: frames.Reply | None = None
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.reply is not None and self.reply.ok
-
-    @property
-    def code(self) -> str:
-        """"OK", "TIMEOUT", or the wire error code."""
-        if self.reply is None:
-            return "TIMEOUT"
-        return "OK" if self.reply.ok else str(self.reply.error.code)
-
-    @property
-    def latency_s(self) -> float | None:
-        return None if self.answered_at is None else self.answered_at - self.sent_at
-
-
-@dataclass(slots=True)
-class SimStats:
-    events: int = 0
-    peer_sent: int = 0
-    peer_delivered: int = 0
-    peer_lost: int = 0  # network loss
-    peer_blocked: int = 0  # partitions
-    peer_duplicated: int = 0
-    dropped_crashed: int = 0  # in flight to a node that crashed (messages, requests, service results)
-    mailbox_full: int = 0
-    undeliverable: int = 0  # no such actor, or the actor stopped
-    timers: int = 0
-    service_calls: int = 0
-    client_sent: int = 0
-    client_answered: int = 0
-    client_timeouts: int = 0
-    client_late: int = 0  # replies that arrived after their request timed out
-    client_lost: int = 0  # requests or replies lost or blocked on a client link
 
 
 class Simulation:
@@ -128,6 +81,15 @@ class Simulation:
     so in-memory state dies with a crash, except each node's event log, its
     disk (`SimNode.event_log`), which loses only what was not yet committed.
     `storage` sets the partitions and group commit of every node.
+
+    With `tokens` (the default) and the default assembly (neither `actors`
+    nor `services` given), every node also runs the hardware and sub-keys
+    actors on a virtual YubiKey of its own (`keyswarm.sim.tokens`), enrolled
+    under one root made for this simulation; `subkeys` sets their lifetimes.
+    `token_latency` is the token service's modelled latency (default
+    `DEFAULT_TOKEN_LATENCY` with the simulation's own tokens, else the
+    `service_latency` model). `unplug_token` / `plug_token` pull a node's
+    key out and put it back.
     """
 
     def __init__(
@@ -150,6 +112,9 @@ class Simulation:
         trace: str = "full",
         replay_hint: str | None = None,
         storage: StorageConfig | None = None,
+        tokens: bool = True,
+        token_latency: ServiceLatency | None = None,
+        subkeys: SubkeysConfig | None = None,
     ):
         if trace not in TRACE_MODES:
             raise ValueError(f"trace must be one of {TRACE_MODES}, got {trace!r}")
@@ -172,17 +137,20 @@ class Simulation:
         self._replay_hint = replay_hint
         self._heap: list[tuple] = []
         self._seq = 0
-        self._trace_mode = trace
+        self._trace_log = Trace(trace)
         self._tracing = trace != "off"
-        self._lines: list[str] = []
-        self._hash = hashlib.sha256()
         #: Called as `observer(node, ref, msg)` for every reply a node sends a client (checkers).
         self.reply_observers: list[Callable[[SimNode, ClientRef, object], None]] = []
         #: Outcome of every finished client request, by handle (pending ones are absent).
         self.replies: dict[int, ClientOutcome] = {}
         self._pending: dict[int, ClientOutcome] = {}
+        self._raw_clients = RawClients(gateway)
         self._next_handle = 1
         self.network = Network(random.Random(self.rng.getrandbits(64)), default=link or LinkProfile(), client=client_link)
+        self.subkeys = subkeys or SubkeysConfig()
+        #: The simulation's root, devices and node certificates; None: nodes run without tokens.
+        self.tokens = SimTokens(seed, names, wall_time_s=WALL_EPOCH_S) if tokens and actors is None and services is None else None
+        self._token_latency = token_latency or (DEFAULT_TOKEN_LATENCY if self.tokens is not None else None)
         self.nodes: dict[str, SimNode] = {name: SimNode(self, name) for name in names}
         for name in [*(skew or {}), *(drift or {})]:
             self.node(name)  # refuse clock settings for nodes that do not exist
@@ -192,17 +160,23 @@ class Simulation:
 
     # --- building nodes ------------------------------------------------------------
 
-    def _actors_for(self, node: str) -> list[ActorSpec]:
+    def _token_parts_for(self, node: str) -> TokenParts | None:
+        """The token's share of `node` at this boot (a fresh token service on the same device)."""
+        return None if self.tokens is None else self.tokens.parts(node, self.subkeys)
+
+    def _actors_for(self, node: str, token: TokenParts | None) -> list[ActorSpec]:
         if self._actors is None:
-            return node_actors(self.storage, signer_key=self.nodes[node].signing_key)
+            return node_actors(self.storage, signer_key=self.nodes[node].signing_key, token=token)
         return list(self._actors(node) if callable(self._actors) else self._actors)
 
-    def _services_for(self, node: str) -> Mapping[str, object]:
+    def _services_for(self, node: str, token: TokenParts | None) -> Mapping[str, object]:
         if self._services is None:
-            return node_services(None, event_log=self.nodes[node].event_log)
+            return node_services(None, event_log=self.nodes[node].event_log, token=token)
         return self._services(node)
 
     def service_latency_of(self, service: str) -> ServiceLatency:
+        if service == TOKEN_SERVICE and self._token_latency is not None:
+            return self._token_latency
         model = self._service_latency
         if isinstance(model, ServiceLatency):
             return model
@@ -256,6 +230,22 @@ class Simulation:
         self._trace(node.name, "boot", f"incarnation={node.incarnations}")
         node.drain()
 
+    def unplug_token(self, name: str) -> None:
+        """Pull `name`'s YubiKey out: token requests fail, the node goes `degraded` once its hardware actor notices."""
+        self._require_tokens(name).unplug(name)
+        self._trace(name, "unplug", "token")
+
+    def plug_token(self, name: str) -> None:
+        """Put `name`'s YubiKey back; its hardware actor reconnects on its next attempt (backoff)."""
+        self._require_tokens(name).plug(name)
+        self._trace(name, "plug", "token")
+
+    def _require_tokens(self, name: str) -> SimTokens:
+        self.node(name)
+        if self.tokens is None:
+            raise ValueError("this simulation runs no tokens (tokens=False, or a custom actors / services assembly)")
+        return self.tokens
+
     def set_skew(self, name: str, offset_s: float, *, drift: float = 0.0) -> None:
         """Make `name`'s clock read virtual time + `offset_s` (drifting by `drift` s/s) from now on."""
         node = self.node(name)
@@ -281,13 +271,37 @@ class Simulation:
         self.stats.client_sent += 1
         fate = self.network.transit(CLIENT, node, self.now, allow_duplicate=False)
         if self._tracing:
-            self._trace(CLIENT, "request", f"#{handle} {client!r}->{node} {_show(msg)} {_fate(fate)}")
+            self._trace(CLIENT, "request", f"#{handle} {client!r}->{node} {show(msg)} {describe_fate(fate)}")
         if not fate.arrivals:
             self.stats.client_lost += 1
         for arrival in fate.arrivals:
             self._push(arrival, _CLIENT_REQUEST, (target, target.epoch, client, frame))
         self._push(self.now + timeout, _TIMEOUT, (handle,))
         return handle
+
+    def send_frame(self, node: str, frame: bytes, *, client: bytes) -> list[bytes]:
+        """Send raw bytes to `node` as client `client` (a ZeroMQ identity); returns its inbox.
+
+        For tests that play a real client (sessions, malformed frames): the
+        bytes go through the node's intake as the real driver's would
+        (`keyswarm.sim.raw_clients`), and every frame the node sends back to
+        `client` is appended to the inbox, undecoded. No handle, no timeout.
+        """
+        target = self.node(node)
+        inbox = self._raw_clients.register(client)
+        self.stats.client_sent += 1
+        fate = self.network.transit(CLIENT, node, self.now, allow_duplicate=False)
+        if self._tracing:
+            self._trace(CLIENT, "frame", f"{client!r}->{node} {len(frame)}B {describe_fate(fate)}")
+        if not fate.arrivals:
+            self.stats.client_lost += 1
+        for arrival in fate.arrivals:
+            self._push(arrival, _CLIENT_REQUEST, (target, target.epoch, client, frame, True))
+        return inbox
+
+    def inbox(self, client: bytes) -> list[bytes]:
+        """The frames nodes sent raw-frame client `client` so far (see `send_frame`)."""
+        return self._raw_clients.register(client)
 
     def request(self, node: str, msg: object, *, timeout_s: float = 5.0) -> frames.Reply:
         """Send one request and run virtual time until its reply.
@@ -344,7 +358,7 @@ class Simulation:
 
     def _schedule_service(self, node: SimNode, done: float, service: str, ticket: int, request: object) -> None:
         if self._tracing:
-            self._trace(node.name, "ask", f"{service} #{ticket} {_show(request)} done@{done:.9f}")
+            self._trace(node.name, "ask", f"{service} #{ticket} {show(request)} done@{done:.9f}")
         self._push(done, _SERVICE, (node, node.epoch, service, ticket, request))
 
     def _schedule_wake(self, node: SimNode, at: float, arm_seq: int) -> None:
@@ -391,15 +405,21 @@ class Simulation:
         else:
             self.stats.undeliverable += 1
         if self._tracing:
-            self._trace(dst.name, "deliver", f"{sender}->{decoded.to_actor} {_show(decoded.message)} {result.value}")
+            self._trace(dst.name, "deliver", f"{sender}->{decoded.to_actor} {show(decoded.message)} {result.value}")
         return dst
 
-    def _on_client_request(self, node: SimNode, epoch: int, identity: bytes, frame: bytes) -> SimNode | None:
+    def _on_client_request(
+        self, node: SimNode, epoch: int, identity: bytes, frame: bytes, raw: bool = False
+    ) -> SimNode | None:
         if not node.up or node.epoch != epoch:
             self.stats.dropped_crashed += 1
             if self._tracing:
                 self._trace(node.name, "drop", f"client request from {identity!r}: node crashed")
             return None
+        if raw:
+            outcome = self._raw_clients.deliver(node, identity, frame)
+            self._trace(node.name, "accept", outcome)
+            return node
         try:
             request_id, msg = frames.decode_request(frame)
         except DecodeError as exc:
@@ -407,7 +427,7 @@ class Simulation:
         ref = ClientRef(node.name, identity, request_id)
         result = node.runtime.deliver(self.gateway, ref, msg)
         if self._tracing:
-            self._trace(node.name, "accept", f"#{request_id} {_show(msg)} {result.value}")
+            self._trace(node.name, "accept", f"#{request_id} {show(msg)} {result.value}")
         # As the real driver does: a refused request is answered, never dropped.
         if result is Delivery.FULL:
             self.stats.mailbox_full += 1
@@ -417,6 +437,10 @@ class Simulation:
         return node
 
     def _on_client_reply(self, node: str, identity: bytes, frame: bytes) -> None:
+        if self._raw_clients.take(identity, frame):
+            self.stats.client_answered += 1
+            self._trace(CLIENT, "frame-in", f"{identity!r}<-{node} {len(frame)}B crc={zlib.crc32(frame):08x}")
+            return None
         try:
             reply = frames.decode_reply(frame)
         except DecodeError as exc:
@@ -429,7 +453,7 @@ class Simulation:
             assert done.timed_out, f"request #{handle} answered twice: {done.reply!r} then {reply!r}"
             self.stats.client_late += 1
             if self._tracing:
-                self._trace(CLIENT, "late-reply", f"#{handle} from {node} {_reply_text(reply)}")
+                self._trace(CLIENT, "late-reply", f"#{handle} from {node} {describe_reply(reply)}")
             return None
         assert outcome.node == node, f"request #{handle} went to {outcome.node} but {node} answered"
         outcome.answered_at = self.now
@@ -437,7 +461,7 @@ class Simulation:
         self.replies[handle] = outcome
         self.stats.client_answered += 1
         if self._tracing:
-            self._trace(CLIENT, "reply", f"#{handle} from {node} {_reply_text(reply)}")
+            self._trace(CLIENT, "reply", f"#{handle} from {node} {describe_reply(reply)}")
         return None
 
     def _on_timer(self, node: SimNode, epoch: int, arm_seq: int) -> SimNode | None:
@@ -469,7 +493,7 @@ class Simulation:
             log.exception("service %s on %s failed on %s", service, node.name, type(request).__name__)
             error = ServiceError(f"service {service} failed: {type(exc).__name__}: {exc}")
         if self._tracing:
-            outcome = f"error={type(error).__name__}({error})" if error is not None else f"value={_show(value)}"
+            outcome = f"error={type(error).__name__}({error})" if error is not None else f"value={show(value)}"
             self._trace(node.name, "service", f"{service} #{ticket} {outcome}")
         node.runtime.complete(ticket, value=value, error=error)
         return node
@@ -510,7 +534,7 @@ class Simulation:
         if self._tracing:
             self._trace(
                 src.name, "send",
-                f"{sender.actor}->{to} {_show(msg)} {len(frame)}B crc={zlib.crc32(frame):08x} {_fate(fate)}",
+                f"{sender.actor}->{to} {show(msg)} {len(frame)}B crc={zlib.crc32(frame):08x} {describe_fate(fate)}",
             )
         for arrival in fate.arrivals:
             self._push(arrival, _PEER, (dst, dst.epoch, src.name, frame))
@@ -519,7 +543,9 @@ class Simulation:
 
     def _reply_client(self, node: SimNode, ref: ClientRef, msg: object) -> bool:
         assert ref.node == node.name, f"{node.name} answers a request made to {ref.node}: {ref!r}"
-        if type(msg) is Failure:
+        if type(msg) is RawFrame:  # sealed by the sessions actor
+            frame = msg.data
+        elif type(msg) is Failure:
             frame = frames.encode_error(
                 ref.request_id, msg.code, msg.message, retryable=msg.retryable, redirect=msg.redirect
             )
@@ -529,7 +555,7 @@ class Simulation:
             observer(node, ref, msg)
         fate = self.network.transit(node.name, CLIENT, self.now, allow_duplicate=False)
         if self._tracing:
-            self._trace(node.name, "answer", f"#{ref.request_id} {_show(msg)} {_fate(fate)}")
+            self._trace(node.name, "answer", f"#{ref.request_id} {show(msg)} {describe_fate(fate)}")
         if not fate.arrivals:
             self.stats.client_lost += 1
         for arrival in fate.arrivals:
@@ -539,40 +565,13 @@ class Simulation:
     # --- trace ---------------------------------------------------------------------
 
     def _trace(self, node: str, kind: str, text: str) -> None:
-        if not self._tracing:
-            return
-        line = f"{self.now:.9f} {node} {kind} {text}"
-        self._hash.update(line.encode("utf-8", "backslashreplace") + b"\n")
-        if self._trace_mode == "full":
-            self._lines.append(line)
+        if self._tracing:
+            self._trace_log.add(f"{self.now:.9f} {node} {kind} {text}")
 
     def trace_lines(self) -> list[str]:
         """Every traced event so far (needs `trace="full"`)."""
-        if self._trace_mode != "full":
-            raise ValueError(f"trace lines are kept only with trace='full' (this run: {self._trace_mode!r})")
-        return list(self._lines)
+        return self._trace_log.lines()
 
     def trace_digest(self) -> str:
         """SHA-256 (hex) of the trace so far: equal digests, equal runs."""
-        if not self._tracing:
-            raise ValueError("this simulation runs with trace='off'; there is no digest")
-        return self._hash.hexdigest()
-
-
-def _show(obj: object) -> str:
-    """A message's repr for the trace, capped; a crc of the full repr keeps the digest exact."""
-    text = repr(obj)
-    if len(text) <= TRACE_REPR_MAX:
-        return text
-    return f"{text[:TRACE_REPR_MAX]}...[{len(text)} chars crc={zlib.crc32(text.encode('utf-8', 'backslashreplace')):08x}]"
-
-
-def _fate(fate) -> str:
-    if not fate.arrivals:
-        return f"dropped:{fate.dropped}"
-    marks = ("dup " if fate.duplicated else "") + ("reordered " if fate.reordered else "")
-    return marks + "at=" + ",".join(f"{t:.9f}" for t in fate.arrivals)
-
-
-def _reply_text(reply: frames.Reply) -> str:
-    return f"ok {_show(reply.value)}" if reply.ok else f"error {_show(reply.error)}"
+        return self._trace_log.digest()

@@ -25,6 +25,9 @@ Rules:
 - The node's signing key is derived from the run's seed and the node's name
   (`simulated_signing_key`), so it is the same key at every boot, as a key
   file on disk would be.
+- A node with a token (`Simulation.tokens`) boots with a fresh token service
+  on its virtual YubiKey, which, like its disk, outlives crashes; a device
+  unplugged at boot gives a node whose token is absent until plugged.
 - Seeded entropy is INSECURE BY DESIGN (replayable runs); tests only.
 """
 
@@ -186,13 +189,14 @@ class SimNode:
         self.epoch += 1
         self.incarnations += 1
         self.event_log = self.event_log.reopen()  # the disk outlives the process; the handle does not
-        self.services = dict(sim._services_for(self.name))
+        token = sim._token_parts_for(self.name)
+        self.services = dict(sim._services_for(self.name, token))
         self._busy_until = {}
         self._outstanding = {}
         self._armed = None
         self.runtime = NodeRuntime(
             self.name,
-            sim._actors_for(self.name),
+            sim._actors_for(self.name, token),
             self,
             rng=runtime_rng,
             mailbox_capacity=sim.mailbox_capacity,

@@ -1,10 +1,12 @@
-"""Three real node processes on 127.0.0.1: health, peer pings, clean SIGTERM, nothing left.
+"""Three real node processes on 127.0.0.1: health, sub-keys, peer pings, clean SIGTERM, nothing left.
 
 The network is started with `keyswarm up`'s own machinery
-(`keyswarm.node.local_network`): one `python -m keyswarm node --config`
-process per node, each in its own process group. Then `keyswarm up --demo`
-runs end to end as a subprocess, as `make demo` runs it. Every wait is
-bounded; whatever a failed test left running is killed in `finally`.
+(`keyswarm.node.local_network`): a root and one soft token per node enrolled
+first, then one `python -m keyswarm node --config` process per node, each in
+its own process group, each running the hardware and sub-keys actors. Then
+`keyswarm up --demo` runs end to end as a subprocess, as `make demo` runs it
+(and once with `--no-tokens`). Every wait is bounded; whatever a failed test
+left running is killed in `finally`.
 """
 
 from __future__ import annotations
@@ -66,6 +68,18 @@ def ping_until_ok(endpoint: str, target: str) -> PingPeerResult:
         time.sleep(0.1)
 
 
+def subkey_ok(endpoint: str) -> HealthResult:
+    """Health, once the node's first sub-key is certified (bounded)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        reply = request(endpoint, Health(), timeout_s=3.0)
+        assert reply.error is None, reply.error
+        if reply.value.subkey == "ok":
+            return reply.value
+        assert time.monotonic() < deadline, f"{endpoint}: no sub-key within {START_TIMEOUT_S} s: {reply.value}"
+        time.sleep(0.05)
+
+
 def test_three_node_processes_answer_ping_each_other_and_stop_cleanly(tmp_path: Path) -> None:
     plan = plan_network(3, base_port=find_free_base_port(3), root=str(tmp_path))
     network = LocalNetwork(plan, log_level="info", stop_timeout_s=STOP_TIMEOUT_S)
@@ -74,13 +88,18 @@ def test_three_node_processes_answer_ping_each_other_and_stop_cleanly(tmp_path: 
         network.start()
         pids = [p.pid for p in network.processes.values()]
         health = network.wait_healthy(START_TIMEOUT_S)
+        assert network.pki is not None and network.pki.made == ("root", "n1", "n2", "n3")
 
         for node in plan:
-            reply = request(node.client_endpoint, Health(), timeout_s=3.0)
-            assert reply.error is None, reply.error
-            assert isinstance(reply.value, HealthResult)
-            assert reply.value.node == node.id and reply.value.status == "ok"
+            value = subkey_ok(node.client_endpoint)
+            assert isinstance(value, HealthResult)
+            assert value.node == node.id and value.status == "ok"
+            assert value.actors["hardware"] == value.actors["subkeys"] == "running", value
+            assert (value.token, value.token_kind) == ("ready", "soft") and value.subkey_serial > 0, value
+            assert value.subkey_not_after_s > time.time() + 3000, value
             assert health[node.id].node == node.id
+            log = Path(node.log_path).read_text(errors="replace")
+            assert "WARNING keyswarm.node: node %s runs on a SOFT TOKEN" % node.id in log, log[-2000:]
 
         for source in plan:
             for target in plan:
@@ -117,10 +136,33 @@ def test_keyswarm_up_demo_runs_and_stops_every_node(tmp_path: Path) -> None:
     for node_id in ("n1", "n2", "n3"):
         assert node_id in out
         assert (tmp_path / node_id / "node.toml").is_file()
+        assert (tmp_path / node_id / "node.pem").is_file() and (tmp_path / node_id / "node.token").is_file()
+        assert "[token]" in (tmp_path / node_id / "node.toml").read_text()
+    assert (tmp_path / "root" / "root.pem").is_file()
+    assert "SOFT TOKEN" in out and "NOT hardware-protected" in out
+    assert "2. sub-keys: each node minted a sub-key" in out
+    subkey_rows = [line.split() for line in out.splitlines() if line.strip().startswith(("n1 ", "n2 ", "n3 "))]
+    assert sum(1 for row in subkey_rows if row[1:4] == ["soft,", "ready", "ok"]) == 3, out
+    assert "demo: every step succeeded" in out
     assert "all 3 nodes stopped cleanly" in out
     assert "FAIL" not in out
     assert "Traceback" not in err
     assert leftovers == [], "keyswarm up left node processes running"
+
+
+def test_keyswarm_up_without_tokens_runs_nodes_without_hardware_actors(tmp_path: Path) -> None:
+    base = find_free_base_port(2)
+    command = [sys.executable, "-m", "keyswarm", "up", "--nodes", "2", "--demo", "--no-tokens", "--base-port", str(base),
+               "--data", str(tmp_path)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=child_environment(), timeout=90)
+    finally:
+        kill_leftovers(_node_processes_under(tmp_path))
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "sub-keys" not in result.stdout and "hardware" not in result.stdout and "SOFT TOKEN" not in result.stdout
+    assert "demo: every step succeeded" in result.stdout
+    assert "[token]" not in (tmp_path / "n1" / "node.toml").read_text()
+    assert not (tmp_path / "root").exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

@@ -3,7 +3,9 @@
 The scenario has everything that could leak nondeterminism: three nodes,
 loss, duplication and reordering, a partition that heals, clock skew and
 drift, a mixed workload, health replies (a dict of str keyed by actor name)
-and counters under many str names (a dict of str in the service).
+and counters under many str names (a dict of str in the service). Every
+node runs the hardware and sub-keys actors on a virtual YubiKey, so the
+certificates they mint (seeded keys, simulated wall time) are in the trace too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ NAMES = ("alpha", "beta", "gamma", "delta", "épsilon", "zeta/1", "η", "theta",
 CLI_ARGS = [
     "--nodes", "3", "--duration", "2", "--rate", "150", "--loss", "0.05", "--dup", "0.05", "--reorder", "0.1",
     "--partition", "n1:n2@0.5-1.2", "--skew", "n2:3.5", "--skew", "n3:-1:0.002", "--crash", "n3@1.0-1.5",
+    # n3 reboots with its YubiKey out: it starts with its token absent and reconnects once it is back.
+    "--unplug", "n3@0.8-1.7",
 ]
 
 

@@ -197,6 +197,17 @@ def test_the_three_node_example_is_n1_of_three() -> None:
     ]
 
 
+def test_a_token_section_loads_without_reading_its_files() -> None:
+    text = (
+        f'{NODE}[token]\nspec = "virtual:/nowhere/n1.vyk?fw=5.4.3"\nnode_certificate = "/nowhere/node.pem"\n'
+        'root_certificate = "/nowhere/root.pem"\npin_env = "N1_PIN"\nmanagement_key_env = "N1_MGMT"\n'
+    )
+    config = load_config_text(text)
+    assert config.token.spec == "virtual:/nowhere/n1.vyk?fw=5.4.3" and config.token.pin_env == "N1_PIN"
+    assert load_config_text(config_to_toml(config)) == config
+    assert load_config_text(NODE).token.spec == "", "no token by default"
+
+
 def test_the_sim_example_uses_the_sim_profile() -> None:
     assert load_config(ROOT / "config" / "sim.toml").profile == "sim"
 
@@ -278,6 +289,29 @@ BAD_VALUES = [
     ),
     pytest.param(f'{NODE}[[peers]]\nid = "n2"\n', "peers[0].endpoint", id="peer-without-endpoint"),
     pytest.param(f'{NODE}[[peers]]\nid = "n2"\nendpoint = "tcp://*:7102"\n', "peers[0].endpoint", id="peer-wildcard"),
+    # the token section: the shape is checked at load, the files at node start
+    pytest.param(f'{NODE}[token]\nspec = "usb:1"\n', "token.spec", id="token-spec-scheme"),
+    pytest.param(f'{NODE}[token]\nspec = "yubikey:abc"\n', "token.spec", id="token-spec-serial"),
+    pytest.param(f'{NODE}[token]\nspec = "virtual:/x?fw=5.7.2&fw=5.4.3"\n', "token.spec", id="token-spec-repeat"),
+    pytest.param(f'{NODE}[token]\nspec = "soft:/t"\nroot_certificate = "/r.pem"\n', "token.node_certificate",
+                 id="token-without-node-certificate"),
+    pytest.param(f'{NODE}[token]\nspec = "soft:/t"\nnode_certificate = "/n.pem"\n', "token.root_certificate",
+                 id="token-without-root-certificate"),
+    pytest.param(f'{NODE}[token]\nnode_certificate = "/n.pem"\n', "token.node_certificate", id="certificate-without-token"),
+    pytest.param(f'{NODE}[token]\npin_env = "PIN"\n', "token.pin_env", id="pin-without-token"),
+    pytest.param(
+        f'{NODE}[token]\nspec = "soft:/t"\nnode_certificate = "/n"\nroot_certificate = "/r"\npin_env = "PIN"\n',
+        "token.pin_env", id="pin-for-a-soft-token",
+    ),
+    pytest.param(
+        f'{NODE}[token]\nspec = "yubikey:"\nnode_certificate = "/n"\nroot_certificate = "/r"\npassphrase_env = "P"\n',
+        "token.passphrase_env", id="passphrase-for-a-yubikey",
+    ),
+    pytest.param(
+        f'{NODE}[token]\nspec = "yubikey:"\nnode_certificate = "/n"\nroot_certificate = "/r"\npin_env = "MY-PIN"\n',
+        "token.pin_env", id="env-name-with-dash",
+    ),
+    pytest.param(f'{NODE}[token]\nspec = 12345678\n', "token.spec", id="token-spec-int"),
     # the entropy rule
     pytest.param(f"{NODE}[runtime]\nallow_insecure_entropy = true\n", "runtime.allow_insecure_entropy", id="entropy-lan"),
     pytest.param(

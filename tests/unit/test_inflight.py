@@ -84,3 +84,19 @@ def test_rate_limited_log_suppresses_repeats_and_counts_them(caplog: pytest.LogC
         ratelog.warning("other", "other kind")
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["bad frame 0", "other kind"]
+
+
+def test_session_counters_and_plain_request_ids_never_collide() -> None:
+    t = InflightRequests(per_client_max=3, total_max=10, deadline_s=1.0)
+    session_a, session_b = b"a" * 16, b"b" * 16
+    t.add(b"c", 5, now=0.0)  # a plain request (a handshake, say)
+    assert t.refusal(b"c", 5, session_a) is None, "counter 5 of a session is another slot"
+    t.add(b"c", 5, now=0.0, session=session_a)
+    assert t.refusal(b"c", 5, session_b) is None, "and so is counter 5 of another session"
+    code, message = t.refusal(b"c", 5, session_a)
+    assert code is ErrorCode.BAD_REQUEST and "counter 5" in message
+    t.add(b"c", 6, now=0.0, session=session_b)
+    code, _ = t.refusal(b"c", 7, session_a)
+    assert code is ErrorCode.BUSY, "the per-client cap counts every kind"
+    assert t.finish(b"c", 5, session_a) and t.finish(b"c", 5) and not t.finish(b"c", 5, session_b)
+    assert list(t.expire(now=5.0)) == [(b"c", 6, session_b)]

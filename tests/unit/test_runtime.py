@@ -291,3 +291,34 @@ def test_each_actor_gets_its_own_seeded_rng_in_spec_order() -> None:
         runtime.deliver("b", None, Do(grab))
         drain(runtime)
     assert seen[:2] == seen[2:] and seen[0] != seen[1]
+
+
+# --- answers to opened in-session requests ---------------------------------------------------
+
+
+def test_answers_to_an_opened_session_request_go_to_sessions_never_dropped() -> None:
+    from keyswarm.actors.runtime import SESSIONS, SessionReply
+
+    runtime, env, journal = build(SESSIONS, "keys", capacity=1)
+    opened = ClientRef("n1", b"c", 7, b"s" * 16, inner_id=42, client="app1")
+    assert runtime.deliver(SESSIONS, None, "filler") is Delivery.QUEUED  # sessions' mailbox is now full
+    runtime.deliver("keys", opened, Do(lambda ctx: ctx.reply("result")))
+    drain(runtime)
+    assert env.client == [], "not to the driver: sessions seals it first"
+    assert (SESSIONS, None, SessionReply(opened, "result")) in journal, journal
+    assert opened.slot == ClientRef("n1", b"c", 7, b"s" * 16)
+    # A plain reference still goes straight to the driver, and so does the slot of a frame.
+    runtime.deliver("keys", opened.slot, Do(lambda ctx: ctx.reply("unsealed")))
+    drain(runtime)
+    assert env.client == [(opened.slot, "unsealed")]
+
+
+def test_forward_with_another_sender_and_no_sessions_actor_to_seal() -> None:
+    runtime, env, journal = build("a", "keys")
+    opened = ClientRef("n1", b"c", 7, b"s" * 16, inner_id=1, client="app1")
+    runtime.deliver("a", None, Do(lambda ctx: ctx.forward("keys", Do(lambda c: journal.append(c.reply("x"))),
+                                                          sender=opened)))
+    drain(runtime)
+    assert ("keys", opened) == journal[-2][:2], journal
+    assert journal[-1] is False, "no sessions actor: the answer cannot be sealed, the request expires in the driver"
+    assert env.client == []
