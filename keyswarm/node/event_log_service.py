@@ -60,7 +60,7 @@ log = logging.getLogger("keyswarm.storage")
 #: The service's name (the storage actor asks it by this name).
 EVENT_LOG = "event-log"
 #: Events of a partition after its snapshot before a new snapshot is written.
-SNAPSHOT_EVERY_EVENTS = 10_000
+SNAPSHOT_EVERY_EVENTS = 1_000
 #: The log's directory under `node.data_dir`.
 LOG_DIR = "log"
 
