@@ -34,8 +34,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from keyswarm.actors.admin import ADMIN
 from keyswarm.actors.hardware import HardwareActor, TokenStatus, TokenStatusResult
-from keyswarm.actors.key_router import KEY_ROUTES
+from keyswarm.actors.key_router import KEY_ROUTES, KEYS
 from keyswarm.actors.messages import Echo, Failure, Health, HealthResult, Increment, PingPeer
 from keyswarm.actors.runtime import SESSIONS, Actor, Address, Context, Sender
 from keyswarm.actors.session_policy import policy_operation
@@ -61,6 +62,29 @@ HANDSHAKE_ROUTES: dict[type, str] = {Hello: SESSIONS, Auth: SESSIONS, Resume: SE
 def client_routes() -> dict[type, str]:
     """Every client operation this node serves and the actor that serves it (health: the gateway)."""
     return {**ROUTES, **KEY_ROUTES, **HANDSHAKE_ROUTES}
+
+
+#: Why in-session key operations fail on a node that runs no key service.
+NO_KEYS_MESSAGE = "this node serves no keys: no token configured"
+_KEY_SERVICE_ACTORS = frozenset({KEYS, ADMIN})
+
+
+def refused_delivery(ctx: Context, target: str) -> Failure:
+    """The answer to a request whose forward to local actor `target` was refused.
+
+    BUSY (retryable) when `target` runs and its mailbox is full; UNAVAILABLE
+    when this node does not run it at all (no key service on a node without
+    a token or domain key: "this node serves no keys"), or it has stopped.
+    Reads the node's actor table only on this failure path.
+    """
+    state = ctx.stats().get(target, {}).get("state")
+    if state is None:
+        if target in _KEY_SERVICE_ACTORS or target.startswith(KEYS + "."):
+            return Failure.of(ErrorCode.UNAVAILABLE, NO_KEYS_MESSAGE)
+        return Failure.of(ErrorCode.UNAVAILABLE, f"this node does not run {target}")
+    if state == "stopped":
+        return Failure.of(ErrorCode.UNAVAILABLE, f"{target} has stopped on this node")
+    return Failure.of(ErrorCode.BUSY, f"{target} is over its queue bound")
 
 
 def needs_session(kind: type) -> bool:
@@ -124,7 +148,7 @@ class Gateway(Actor):
         elif target is None:
             ctx.reply(Failure.of(ErrorCode.BAD_REQUEST, f"operation {kind.__name__} is not served by this node"))
         elif not ctx.forward(target, msg):
-            ctx.reply(Failure.of(ErrorCode.BUSY, f"{target} is over its queue bound"))
+            ctx.reply(refused_delivery(ctx, target))
 
     # --- health ---------------------------------------------------------------------
 

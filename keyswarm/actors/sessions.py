@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from keyswarm.actors.addresses import SESSIONS, Address, ClientRef, RawFrame, ServiceResult, SessionReply
-from keyswarm.actors.gateway import GATEWAY, client_routes
+from keyswarm.actors.gateway import GATEWAY, client_routes, refused_delivery
 from keyswarm.actors.key_messages import AuthorizedListKeys, ListKeys, PolicyChanged
 from keyswarm.actors.messages import Failure
 from keyswarm.actors.runtime import Actor, ActorSpec, Context
@@ -210,7 +210,7 @@ class SessionsActor(Actor):
         self.counters = dict.fromkeys(
             (
                 "frames", "forwarded", "sealed", "replayed", "unauthenticated", "expired", "forbidden",
-                "bad_requests", "busy", "hellos", "challenges", "welcomes", "resumptions", "refused",
+                "bad_requests", "busy", "unavailable", "hellos", "challenges", "welcomes", "resumptions", "refused",
                 "sign_failures", "encode_failures", "orphan_replies", "policy_loads", "policy_load_failures",
             ),
             0,
@@ -469,8 +469,9 @@ class SessionsActor(Actor):
         if ctx.forward(target, msg, sender=opened):
             counters["forwarded"] += 1
         else:
-            counters["busy"] += 1
-            self._seal(ctx, slot, session, inner_id, Failure.of(ErrorCode.BUSY, f"{target} is over its queue bound"))
+            refusal = refused_delivery(ctx, target)
+            counters["busy" if refusal.code is ErrorCode.BUSY else "unavailable"] += 1
+            self._seal(ctx, slot, session, inner_id, refusal)
 
     def _refuse_inner(self, ctx: Context, slot: ClientRef, session: Session, inner_id: int, code: ErrorCode,
                       message: str) -> None:

@@ -470,6 +470,7 @@ class TokenConfig(_Checked):
     spec: str = setting("", check=check_token_spec)  # the node's token (keyswarm enroll-node --node-token); "" = none
     node_certificate: str = setting("", check=check_path)  # PEM file of this node's certificate (enroll-node's node.pem)
     root_certificate: str = setting("", check=check_path)  # PEM file of the network's root certificate (root.pem)
+    domain_key: str = setting("", check=check_path)  # the domain key sealed to this token (enroll-node's domain-key.sealed); "" = no key service
     passphrase_env: str = setting("", check=check_env_name)  # variable holding a soft token's passphrase; "" = none
     pin_env: str = setting("", check=check_env_name)  # variable holding the PIV PIN; "" = KEYSWARM_PIN, else a prompt on a terminal
     management_key_env: str = setting("", check=check_env_name)  # variable holding the PIV management key, hex; "" = factory default
@@ -478,7 +479,8 @@ class TokenConfig(_Checked):
         # The files themselves are read at node start (they belong to the node's
         # disk, like data_dir); here only what the file says must hold together.
         if not self.spec:
-            for name in ("node_certificate", "root_certificate", "passphrase_env", "pin_env", "management_key_env"):
+            for name in ("node_certificate", "root_certificate", "domain_key", "passphrase_env", "pin_env",
+                         "management_key_env"):
                 if getattr(self, name):
                     raise config_error(name, "set, but there is no token spec; set spec or remove this")
             return

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from keyswarm.actors.demo import CounterActor, EchoActor, PingerActor
 from keyswarm.actors.gateway import Gateway
@@ -57,12 +57,15 @@ def token_parts(
     subkeys: SubkeysConfig | None = None,
     reopen: Callable[[], Token] | None = None,
     sessions: SessionSettings | None = None,
+    keys: Sequence[ActorSpec] = (),
     **hardware_options: object,
 ) -> TokenParts:
     """The hardware actor and token service around `token`, and the sub-keys actor for this node's certificate.
 
     With `sessions`, also the sessions actor (it has the sub-key sign its
-    challenges, so it runs only beside one).
+    challenges, so it runs only beside one). `keys`: the key service's actors
+    (`key_router.keys_specs` over the domain key the token unsealed), last,
+    so every actor before them keeps its seed.
 
     `token` None with a `reopen` factory: the device was absent at start; the
     node starts degraded and the hardware actor reconnects with backoff.
@@ -76,6 +79,7 @@ def token_parts(
     actors = (hardware, subkeys_spec(settings))
     if sessions is not None:
         actors += (sessions_spec(sessions),)
+    actors += tuple(keys)
     return TokenParts(actors=actors, service=service)
 
 

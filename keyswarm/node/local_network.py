@@ -128,6 +128,7 @@ def node_config_text(plan: tuple[PlannedNode, ...], node: PlannedNode, *, tokens
             f"spec = {quote(files.spec)}",
             f"node_certificate = {quote(files.node_certificate)}",
             f"root_certificate = {quote(files.root_certificate)}",
+            f"domain_key = {quote(files.domain_key)}",
         ]
     return "\n".join(lines) + "\n"
 

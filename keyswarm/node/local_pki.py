@@ -53,11 +53,12 @@ NODE_TOKEN_FILE = "node.token"
 
 @dataclass(frozen=True, slots=True)
 class NodeTokenFiles:
-    """What a node's `[token]` section names: its token spec and its two certificates."""
+    """What a node's `[token]` section names: its token spec, its two certificates and its sealed domain key."""
 
     spec: str
     node_certificate: str
     root_certificate: str
+    domain_key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ def node_token_files(node_directory: str) -> NodeTokenFiles:
         spec="soft:" + os.path.join(node_directory, NODE_TOKEN_FILE),
         node_certificate=os.path.join(node_directory, NODE_CERT_FILE),
         root_certificate=os.path.join(node_directory, ROOT_CERT_FILE),
+        domain_key=os.path.join(node_directory, DOMAIN_KEY_FILE),
     )
 
 
@@ -101,7 +103,7 @@ def enrol_local_network(root: str, nodes: Sequence[tuple[str, str]]) -> LocalPki
     for node_id, directory in nodes:
         files = node_token_files(directory)
         token_path = files.spec.removeprefix("soft:")
-        if new_root or not _all_exist(files.node_certificate, token_path, os.path.join(directory, DOMAIN_KEY_FILE)):
+        if new_root or not _all_exist(files.node_certificate, token_path, files.domain_key):
             # `force`: a token that is already there keeps its key and gets a new certificate.
             os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
             enrol_node(

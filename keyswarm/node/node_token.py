@@ -10,7 +10,13 @@ on a token:
    network, issued by it, valid now) and names this node's `[node] id`;
 3. the token opens (secrets from the environment variables `[token]`
    names, never from the file);
-4. the token's identity key is the key the node certificate certifies.
+4. the token's identity key is the key the node certificate certifies;
+5. with `[token] domain_key`, the sealed domain key file unseals with the
+   token (opened here, at start, before the token service takes the token:
+   same process, one owner at a time). The node then runs the key service
+   (`key_router.keys_specs`) and keys its resumption tickets from the
+   domain key, so tickets resume on every node of the network. Without a
+   `domain_key` (or a YubiKey absent at start) the node serves no keys.
 
 Rules:
 - A failed check refuses the start: `ConfigError` naming the `[token]`
@@ -40,10 +46,13 @@ from datetime import datetime, timezone
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from keyswarm.actors.key_router import keys_specs
+from keyswarm.actors.runtime import ActorSpec
 from keyswarm.actors.sessions import SessionSettings
 from keyswarm.config import NodeConfig, TokenConfig
 from keyswarm.crypto.certificates import certificate_identity, network_id
 from keyswarm.crypto.chain_verify import CertificateInvalid, verify_chain
+from keyswarm.crypto.sealing import DomainKey, unseal_domain_key_with_token
 from keyswarm.enrolment import EnrolmentError, TokenAccess, open_access, read_certificate_pem
 from keyswarm.errors import ConfigError, KeyswarmError, TokenAbsent, TokenError
 from keyswarm.hardware.soft_token import SoftToken
@@ -98,6 +107,23 @@ def open_node_token(
     except KeyswarmError as exc:  # a missing secret variable, a wrong passphrase, a damaged file
         raise ConfigError(f"cannot open token {settings.spec}: {exc}", field=_FIELD + "spec") from exc
 
+    domain_key: DomainKey | None = None
+    if settings.domain_key:
+        if token is None:
+            log.warning(
+                "node %s: token %s is not connected, so %s cannot be unsealed: the node serves no keys "
+                "until it is restarted with its token connected", node_id, settings.spec, settings.domain_key,
+            )
+        else:
+            try:
+                domain_key = load_domain_key(token, settings)
+            except BaseException:
+                token.close()
+                raise
+    else:
+        log.info("node %s: [token] domain_key is not set: the node serves no keys", node_id)
+    key_actors: list[ActorSpec] = keys_specs(config, domain_key) if domain_key is not None else []
+
     identity = certificate_identity(node_cert)
     if isinstance(token, SoftToken):
         log.warning("node %s runs on a SOFT TOKEN: %s", node_id, token.warning())
@@ -115,8 +141,9 @@ def open_node_token(
             reopen=open_checked,
             sessions=SessionSettings.from_config(
                 config.sessions, config.limits, node_name=node_id, root_certificate=root,
-                node_certificate_der=certificate_der,
+                node_certificate_der=certificate_der, domain_key=domain_key,
             ),
+            keys=key_actors,
         )
     except ValueError as exc:  # the sub-keys settings refused the certificate (checked above; a backstop)
         if token is not None:
@@ -143,6 +170,27 @@ def load_certificates(settings: TokenConfig, *, node_id: str, now: datetime) -> 
             field=_FIELD + "node_certificate",
         )
     return root, node_cert
+
+
+def load_domain_key(token: Token, settings: TokenConfig) -> DomainKey:
+    """Check 5: `[token] domain_key` read and unsealed with `token`; `ConfigError` naming the field and file if not."""
+    path = settings.domain_key
+    try:
+        with open(path, "rb") as file:
+            envelope = file.read(1 << 16)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the sealed domain key {path}: {exc.strerror or exc}",
+                          field=_FIELD + "domain_key") from exc
+    try:
+        key = unseal_domain_key_with_token(token, envelope)
+    except (KeyswarmError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} does not unseal with token {settings.spec}: {exc} "
+            "(damaged, or sealed to another node's token? enroll-node writes it)",
+            field=_FIELD + "domain_key",
+        ) from exc
+    log.info("domain key %s (epoch %d) unsealed from %s", key.key_id.hex(), key.epoch, path)
+    return key
 
 
 def check_token_holds(token: Token, node_cert: x509.Certificate, settings: TokenConfig) -> None:

@@ -162,7 +162,7 @@ class Simulation:
 
     def _token_parts_for(self, node: str) -> TokenParts | None:
         """The token's share of `node` at this boot (a fresh token service on the same device)."""
-        return None if self.tokens is None else self.tokens.parts(node, self.subkeys)
+        return None if self.tokens is None else self.tokens.parts(node, self.subkeys, self.storage)
 
     def _actors_for(self, node: str, token: TokenParts | None) -> list[ActorSpec]:
         if self._actors is None:

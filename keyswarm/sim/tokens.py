@@ -5,7 +5,11 @@ actors, virtual YubiKeys"): a root `VirtualYubiKey` that self-signs the
 network's root certificate, one `VirtualYubiKey` per node holding the node's
 identity key, the node certificates the root issues, and the `TokenParts`
 (hardware actor, sub-keys actor, token service) each node boots with. Also
-the "token unplugged" fault: `unplug(node)` / `plug(node)`.
+the "token unplugged" fault: `unplug(node)` / `plug(node)`. And the
+network's domain key (one per simulation, from the seed): every node runs the
+key service over it (`key_service_specs`, after its token's actors, as a real
+node that unsealed `[token] domain_key` does) and keys its resumption tickets
+from it, so a ticket one node issued resumes on every node.
 
 Rules:
 - Entropy is derived from the run's seed and a label (BLAKE2b), not drawn
@@ -37,9 +41,12 @@ from datetime import datetime, timezone
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from keyswarm.actors.key_router import key_service_specs
+from keyswarm.actors.keys import KeySettings
 from keyswarm.actors.sessions import SessionSettings
-from keyswarm.config import LimitsConfig, SessionsConfig, SubkeysConfig
+from keyswarm.config import KeyCacheConfig, LimitsConfig, SessionsConfig, StorageConfig, SubkeysConfig
 from keyswarm.crypto.certificates import NAME_PATTERN, network_id, node_certificate, root_certificate
+from keyswarm.crypto.sealing import DomainKey
 from keyswarm.errors import TokenAbsent
 from keyswarm.hardware.token import Token
 from keyswarm.hardware.virtual_yubikey import LatencyModel, VirtualYubiKey
@@ -103,6 +110,9 @@ class SimTokens:
         finally:
             root.close()
         self.network_id = network_id(self.root_certificate)
+        self._root_device = root_device
+        #: The network's domain key: one per simulation, from the seed (INSECURE, like all sim entropy).
+        self.domain_key = DomainKey.generate(seeded_entropy(seed, "domain-key"))
 
     @staticmethod
     def _device(seed: int, label: str) -> VirtualYubiKey:
@@ -110,8 +120,13 @@ class SimTokens:
             SIM_FIRMWARE, entropy=seeded_entropy(seed, label), latency=LatencyModel.zero(), sleep=_no_sleep
         )
 
-    def parts(self, name: str, subkeys: SubkeysConfig) -> TokenParts:
-        """What node `name` boots with: its token (None if unplugged: it reconnects), actors and token service."""
+    def parts(self, name: str, subkeys: SubkeysConfig, storage: StorageConfig | None = None) -> TokenParts:
+        """What node `name` boots with: its token (None if unplugged: it reconnects), actors and token service.
+
+        The actors end with the key service over the simulation's domain key
+        (`storage.partitions` partition actors; default `[limits]` and
+        `[key_cache]`), as a real node's with `[token] domain_key`.
+        """
         device = self.devices[name]
         try:
             token: Token | None = _open(device)
@@ -125,9 +140,21 @@ class SimTokens:
             reopen=lambda: _open(device),
             sessions=SessionSettings.from_config(
                 SessionsConfig(), LimitsConfig(), node_name=name, root_certificate=self.root_certificate,
-                node_certificate_der=self.certificates[name],
+                node_certificate_der=self.certificates[name], domain_key=self.domain_key,
             ),
+            keys=self._key_service(storage or StorageConfig()),
         )
+
+    def _key_service(self, storage: StorageConfig) -> list:
+        limits, cache = LimitsConfig(), KeyCacheConfig()
+        settings = KeySettings(partitions=storage.partitions, max_name_bytes=limits.max_key_name_bytes,
+                               max_batch_items=limits.max_batch_items)
+        return key_service_specs(settings, (self.domain_key,), cache_max_entries=cache.max_entries,
+                                 cache_max_age_s=cache.max_age_s)
+
+    def root_token(self) -> YubiKeyToken:
+        """A session on the root's device (PIN verified): tests issue client certificates with it. Close it."""
+        return _open(self._root_device)
 
     def unplug(self, name: str) -> None:
         """Pull node `name`'s YubiKey out: every APDU fails as a removed card does."""

@@ -135,3 +135,31 @@ def test_a_soft_or_virtual_token_file_that_is_missing_is_a_refusal_not_a_degrade
             open_node_token(config({**pki["n1"], "spec": spec}))
         assert info.value.field == "token.spec", str(info.value)
         assert isinstance(info.value.__cause__, (TokenAbsent, TokenError)), repr(info.value.__cause__)
+
+
+def test_a_domain_key_adds_the_key_service_last_and_keys_the_tickets(pki) -> None:
+    section = pki["n1"]
+    sealed = str(Path(section["node_certificate"]).parent / "domain-key.sealed")
+    parts = open_node_token(config({**section, "domain_key": sealed}))
+    try:
+        names = [spec.name for spec in parts.actors]
+        assert names[:5] == ["hardware", "subkeys", "sessions", "keys", "admin"], names
+        assert names[5:] == [f"keys.{p}" for p in range(len(names) - 5)] and len(names) > 5
+        # Before the key service: every other actor keeps its place (and its seed).
+        assert [s.name for s in node_actors(token=parts)][:len(node_actors())] == [s.name for s in node_actors()]
+    finally:
+        parts.service.close()
+
+
+def test_a_domain_key_of_another_token_refuses_the_start(pki) -> None:
+    section = pki["n1"]
+    other = str(Path(pki["n1-other-token"]["node_certificate"]).parent / "domain-key.sealed")
+    with pytest.raises(ConfigError) as caught:
+        open_node_token(config({**section, "domain_key": other}))
+    assert caught.value.field == "token.domain_key" and other in str(caught.value), str(caught.value)
+
+
+def test_a_domain_key_without_a_spec_is_refused_by_the_loader() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config({"domain_key": "/srv/n1/domain-key.sealed"})
+    assert "token.domain_key" in str(caught.value)
