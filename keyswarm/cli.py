@@ -7,6 +7,8 @@ Rules:
 - Exit codes: 0 success; 1 an operation failed (every `KeyswarmError` becomes
   one line `error: ...` on stderr, never a traceback); 2 bad arguments
   (argparse's message names the argument); 130 interrupted.
+  `keyswarm client`'s key and crypto operations have finer codes (3-7,
+  `keyswarm.cli_client`, docs/cli.md).
 - `main(argv)` returns the exit code instead of exiting, so tests call it
   in-process; `python -m keyswarm` and the `keyswarm` script exit with it.
 - Heavy or optional modules (the driver, the client, local networks) are
@@ -172,9 +174,13 @@ def _add_client_parser(commands: argparse._SubParsersAction, common: argparse.Ar
     connection.add_argument("--connect", metavar="ENDPOINT", default=argparse.SUPPRESS, help="node client endpoint")
     connection.add_argument("--timeout", type=_seconds(0.0, 3600.0), metavar="S", default=argparse.SUPPRESS, help="seconds to wait for the reply")
 
-    client = commands.add_parser("client", parents=[common], help="send one request to a node (plaintext foundation protocol)")
+    from keyswarm.cli_client import add_session_operations, add_session_options
+
+    add_session_options(connection, suppress=True)
+    client = commands.add_parser("client", parents=[common], help="talk to a node: key and crypto operations (in a session), health and echo (plaintext)")
     client.add_argument("--connect", metavar="ENDPOINT", default="tcp://127.0.0.1:7001", help="node client endpoint (default tcp://127.0.0.1:7001)")
     client.add_argument("--timeout", type=_seconds(0.0, 3600.0), metavar="S", default=5.0, help="seconds to wait for the reply (default 5)")
+    add_session_options(client, suppress=False)
     ops = client.add_subparsers(dest="op", metavar="OPERATION", required=True)
 
     ops.add_parser("health", parents=[connection], help="the node's status and actors")
@@ -186,6 +192,7 @@ def _add_client_parser(commands: argparse._SubParsersAction, common: argparse.Ar
     count = ops.add_parser("count", parents=[connection], help="increment the counter NAME on the node")
     count.add_argument("name", metavar="NAME")
     count.add_argument("--by", type=_int_in(-(2**62), 2**62, "--by"), default=1, help="amount to add (default 1)")
+    add_session_operations(ops, connection)
     client.set_defaults(handler=run_client_command)
 
 
@@ -305,6 +312,10 @@ def run_up_command(args: argparse.Namespace) -> int:
 
 
 def run_client_command(args: argparse.Namespace) -> int:
+    from keyswarm.cli_client import SESSION_OPERATIONS, run_session_command
+
+    if args.op in SESSION_OPERATIONS:
+        return run_session_command(args)
     from keyswarm.actors.messages import Echo, Health, Increment, PingPeer
     from keyswarm.client.plain import PlainClient
 

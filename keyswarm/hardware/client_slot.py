@@ -126,6 +126,18 @@ class ClientSlot:
         finally:
             self._changed()
 
+    def sign(self, data: bytes, *, pin: str | None = None) -> bytes:
+        """Sign `data` with the key in slot 9a (Ed25519 raw, or P-256 DER over SHA-256), after the PIN if given."""
+        from cryptography.hazmat.primitives import hashes
+
+        with self._device("sign with slot 9a"):
+            if pin is not None:
+                self._piv.verify_pin(pin)
+            meta = self._piv.get_slot_metadata(SLOT.AUTHENTICATION)
+            if meta.key_type == KEY_TYPE.ED25519:
+                return self._piv.sign(SLOT.AUTHENTICATION, KEY_TYPE.ED25519, data, None)
+            return self._piv.sign(SLOT.AUTHENTICATION, meta.key_type, data, hashes.SHA256())
+
     def close(self) -> None:
         try:
             self._connection.close()
