@@ -3,7 +3,9 @@
 Owns the demo's steps and what each prints: health; sub-keys (each node's
 token and the sub-key it minted, read from `health`); the peer network (a
 round-trip matrix of `ping.peer`); the counter (a blocking service that
-persists); echo. `run_demo` returns True only if every step worked.
+persists); echo; then, on a network with tokens, the client steps of
+`local_workload` (enrolled clients and a policy, keys and a mixed workload,
+a summary). `run_demo` returns True only if every step worked.
 
 Rules:
 - Only the client operations a node serves to anyone are used; nothing
@@ -41,13 +43,17 @@ def describe_actors(states: dict[str, str]) -> str:
     return "; ".join([f"{running} running"] + others)
 
 def run_demo(network: LocalNetwork, *, out: Callable[[str], object]) -> bool:
-    """Health, sub-keys, peer pings, counters and echo on every node; True if every step worked."""
+    """Health, sub-keys, peer pings, counters and echo on every node, then the client steps; True if every step worked."""
     ok = True
     steps = [_health_step, *((_subkeys_step,) if network.tokens else ()), _ping_step, _counter_step, _echo_step]
     for step, run in enumerate(steps, 1):
         if step > 1:
             out("")
         ok &= run(step, network.plan, out)
+    if network.tokens:
+        from keyswarm.node.local_workload import run_client_steps
+
+        ok &= run_client_steps(len(steps) + 1, network, out=out)
     out("\ndemo: every step succeeded" if ok else "\ndemo: some steps FAILED (see above)")
     return ok
 

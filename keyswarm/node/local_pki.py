@@ -117,3 +117,46 @@ def enrol_local_network(root: str, nodes: Sequence[tuple[str, str]]) -> LocalPki
 
 def _all_exist(*paths: str) -> bool:
     return all(os.path.isfile(path) for path in paths)
+
+
+#: Where `enrol_local_client` keeps a client's files, under the network's directory.
+CLIENTS_DIR_NAME = "clients"
+CLIENT_KEY_FILE = "key.pem"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalClientFiles:
+    """What `Client.connect` needs for one enrolled demo client (a key file, no passphrase)."""
+
+    name: str
+    admin: bool
+    root_certificate: str
+    client_certificate: str
+    key: str
+
+
+def enrol_local_client(pki: LocalPki, name: str, *, admin: bool = False) -> tuple[LocalClientFiles, bool]:
+    """Enrol client `name` under the local root (certificate issued by the root, key in a 0600 key file).
+
+    Files: ROOT/clients/NAME/{client.pem, root.pem, key.pem}. A client already
+    enrolled under this root (all three files there) is reused; returns the
+    files and whether they were made now.
+    """
+    from keyswarm.enrolment import CLIENT_CERT_FILE, enrol_client
+
+    directory = os.path.join(os.path.dirname(pki.root_directory), CLIENTS_DIR_NAME, name)
+    files = LocalClientFiles(
+        name=name, admin=admin,
+        root_certificate=os.path.join(directory, ROOT_CERT_FILE),
+        client_certificate=os.path.join(directory, CLIENT_CERT_FILE),
+        key=os.path.join(directory, CLIENT_KEY_FILE),
+    )
+    root_cert_path = os.path.join(pki.root_directory, ROOT_CERT_FILE)
+    if _all_exist(files.root_certificate, files.client_certificate, files.key) and "root" not in pki.made:
+        return files, False
+    os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+    enrol_client(
+        TokenAccess(spec="soft:" + os.path.join(pki.root_directory, ROOT_TOKEN_FILE)), root_cert_path,
+        name=name, out_dir=directory, key_file=files.key, admin=admin, force=True,
+    )
+    return files, True

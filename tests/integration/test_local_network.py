@@ -12,6 +12,7 @@ left running is killed in `finally`.
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -144,6 +145,22 @@ def test_keyswarm_up_demo_runs_and_stops_every_node(tmp_path: Path) -> None:
     subkey_rows = [line.split() for line in out.splitlines() if line.strip().startswith(("n1 ", "n2 ", "n3 "))]
     assert sum(1 for row in subkey_rows if row[1:4] == ["soft,", "ready", "ok"]) == 3, out
     assert "demo: every step succeeded" in out
+    # Steps 6-8: enrolled clients and a policy, keys and a mixed workload, a summary.
+    assert "6. clients:" in out and "7. workload:" in out and "8. summary:" in out, out
+    for client in ("ops", "app1"):
+        assert (tmp_path / "clients" / client / "client.pem").is_file()
+        assert (tmp_path / "clients" / client / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert "policy.set app1: app1/*" in out
+    for key in ("app1/aes", "app1/ed", "app1/mac"):
+        assert re.search(rf"^  {re.escape(key)} .* created$", out, re.M), out
+    assert re.search(r"rotation: app1/aes v1 -> v2 half-way through; (\d+)/\1 ciphertexts .* still decrypt  ok", out), out
+    assert "no replication yet" in out
+    assert re.search(r"refused as it should be: app1 encrypt app2/x -> FORBIDDEN", out), out
+    summary = out[out.index("8. summary:"):]
+    for op in ("encrypt", "decrypt", "sign", "verify", "hmac", "key.rotate"):
+        row = re.search(rf"^  {re.escape(op)} +(\d+) +0 +[\d.]+ +[\d.]+ +[\d.]+$", summary, re.M)
+        assert row and int(row.group(1)) > 0, summary
+    assert re.search(r"throughput: [1-9]\d* ops/s", summary) and "errors by code: none" in summary, summary
     assert "all 3 nodes stopped cleanly" in out
     assert "FAIL" not in out
     assert "Traceback" not in err
