@@ -555,7 +555,7 @@ def _records_child_main(log_dir: str, max_problems: int) -> None:
     except StorageError as exc:
         send({"error": str(exc)})
     except (KeyboardInterrupt, BrokenPipeError):
-        pass
+        return  # the parent stopped listening: nothing left to report to
 
 
 class ProgressBar:

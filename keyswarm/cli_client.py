@@ -138,7 +138,7 @@ def add_session_operations(ops: argparse._SubParsersAction, connection: argparse
 
 
 class UsageError(Exception):
-    pass
+    """Arguments that parse but do not make sense together: exit 2."""
 
 
 def run_session_command(args: argparse.Namespace) -> int:

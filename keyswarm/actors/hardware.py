@@ -217,7 +217,7 @@ class _ReconnectDue:
 
 @dataclass(frozen=True, slots=True)
 class _ProbeDue:
-    pass
+    """Timer: time to check the idle token is still there."""
 
 
 @dataclass(slots=True)

@@ -155,7 +155,7 @@ class _GatherTimeout:
 
 @dataclass(frozen=True, slots=True)
 class _Sweep:
-    pass
+    """Timer: give up on split requests past their deadline."""
 
 
 class _Gather:

@@ -163,7 +163,7 @@ class PartitionNames:
 
 @dataclass(frozen=True, slots=True)
 class _RetryLoad:
-    pass
+    """Timer: ask the event-log service for the partition state again."""
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from keyswarm.errors import Busy, DecodeError, ErrorCode, TooLarge, UnsupportedVersion
 from keyswarm.transport.codec import INT_MIN, UINT_MAX, Limits, message
+from test_codec import any_msgpack  # one strategy for arbitrary msgpack values (as test_codec_schema does)
 from keyswarm.transport.frames import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
@@ -369,15 +370,6 @@ def every_decoder(data: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_raise_only_decode_error(data: bytes) -> None:
     every_decoder(data)
-
-
-any_msgpack = st.recursive(
-    st.none() | st.booleans() | st.integers(INT_MIN, UINT_MAX) | st.floats() | st.text(max_size=8)
-    | st.binary(max_size=8),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=4) | st.binary(max_size=4), inner, max_size=4),
-    max_leaves=20,
-)
 
 
 @FUZZ
