@@ -34,8 +34,26 @@ Rules:
 - Names are checked before anything is written (key_messages.check_key_name),
   and a write for a name of another partition is refused: its event would
   land in the other partition and this state would never see it.
+- Automatic rotation (auto_rotation.py has the schedule's rules): a key
+  whose `auto_rotate_period_s` is set is rotated when its primary version
+  is that old, by the wall clock (`ctx.wall_time()`, the clock HLC stamps
+  come from). The actor keeps the partition's due times
+  (`RotationSchedule`, recomputed per key when its events are folded) and
+  one timer for the earliest. The rotation is an ordinary `RotateKey`
+  write through `_queue`/`_pump`/`_plan`, with the deterministic request
+  id of its due time, so it is checked, batched, made durable and
+  deduplicated exactly as a client's. At most
+  `max_auto_rotations_per_tick` are outstanding at once; the timer is
+  re-armed when they have settled (at once if more keys are due). A failed
+  one is tried again `AUTO_ROTATE_RETRY_S` later. Each is counted in
+  `KeyServiceStats.auto_rotations` and logged at INFO.
+  No replication yet: every node rotates the keys it holds. Once events
+  replicate, only the partition's owner may auto-rotate: two nodes rotating
+  one key for one due time would both write a version, and the convergent
+  fold keeps both.
 - Sans-IO: material and version ids come from `ctx.entropy`, time from
-  `ctx.now()`. The domain key arrives through the factory.
+  `ctx.now()` (and `ctx.wall_time()` for due times, compared with HLC
+  stamps). The domain key arrives through the factory.
 """
 
 from __future__ import annotations
@@ -44,6 +62,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from keyswarm.actors.auto_rotation import (
+    AUTO_ROTATE_CLIENT,
+    AUTO_ROTATE_RETRY_S,
+    MAX_AUTO_ROTATIONS_PER_TICK,
+    RotationSchedule,
+    auto_request_id,
+    check_auto_rotate_period,
+)
 from keyswarm.actors.event_writer import WRITE_TIMEOUT_S, EventWriter, Outcome, WriteTimeout
 from keyswarm.actors.key_messages import (
     MAX_CLIENT_REQUEST_ID_BYTES,
@@ -53,6 +79,7 @@ from keyswarm.actors.key_messages import (
     DeleteKeyResult,
     DisableKey,
     EnableKey,
+    KeyInfo,
     RotateKey,
     check_key_name,
 )
@@ -115,6 +142,7 @@ class KeySettings:
     max_batch_items: int = 1000
     max_queued: int = 10_000  # requests waiting for the load, and writes waiting for their batch
     write_timeout_s: float = WRITE_TIMEOUT_S
+    max_auto_rotations_per_tick: int = MAX_AUTO_ROTATIONS_PER_TICK  # outstanding per partition at once
 
 
 @dataclass(slots=True)
@@ -124,6 +152,8 @@ class KeyServiceStats:
     writes: int = 0
     deduplicated: int = 0
     partitions_loaded: int = 0
+    auto_rotations: int = 0  # automatic rotations applied (durable); also counted in `writes`
+    auto_rotation_failures: int = 0  # automatic rotations that failed and wait for a retry
 
 
 # --- node-local messages between the router and the partition actors ------------------------
@@ -166,6 +196,13 @@ class _RetryLoad:
     """Timer: ask the event-log service for the partition state again."""
 
 
+@dataclass(frozen=True, slots=True)
+class _RotateDueKeys:
+    """Timer: start the automatic rotations that are due (`serial`: which arming it is)."""
+
+    serial: int = 0
+
+
 @dataclass(slots=True)
 class _Write:
     msg: object
@@ -175,6 +212,7 @@ class _Write:
     version_id: bytes = b""
     deletes: bool = False
     drafts: list[Draft] = field(default_factory=list)
+    auto_due_ms: int | None = None  # an automatic rotation: the due time it was made for
 
 
 class KeysActor(Actor):
@@ -197,6 +235,11 @@ class KeysActor(Actor):
         self._early: list = []  # durable events reported before the state was loaded
         self._load_ticket: int | None = None
         self._load_retry_s = LOAD_RETRY_INITIAL_S
+        self.schedule = RotationSchedule()
+        self._auto_running = 0  # automatic rotations queued or in flight
+        self._auto_timer: int | None = None
+        self._auto_timer_ms: int | None = None  # the wake time `_auto_timer` was armed for
+        self._auto_serial = 0  # of the armed `_RotateDueKeys`
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -221,12 +264,14 @@ class KeysActor(Actor):
             return
         self.state = result.value.state
         self.stats.partitions_loaded += 1
+        self.schedule.load(self.state.keys)
         early, self._early = self._early, []
         if early:  # durable before the load answered: folding them again changes nothing if it held them
             self._settle(ctx, Outcome(None, tuple(early)))
         waiting, self._waiting = self._waiting, deque()
         for sender, msg in waiting:
             self._handle(ctx, sender, msg)
+        self._arm(ctx)
 
     # --- messages -------------------------------------------------------------------------------
 
@@ -237,6 +282,8 @@ class KeysActor(Actor):
                 self._on_loaded(ctx, msg)
         elif kind is WriteTimeout:
             self._settle(ctx, self.writer.on_timeout(ctx, msg))
+        elif kind is _RotateDueKeys:
+            self._rotate_due_keys(ctx, msg)
         elif kind is _RetryLoad:
             if self.state is None and self._load_ticket is None:
                 self._load(ctx)
@@ -296,15 +343,18 @@ class KeysActor(Actor):
                     joined.senders.append(sender)
                     self.stats.deduplicated += 1
                 return
-        if len(self._writes) >= self.settings.max_queued:
-            ctx.reply_to(sender, Failure.of(ErrorCode.BUSY,
-                                            f"key partition {self.partition} has too many writes queued"))
-            return
-        write = _Write(msg, msg.name, request, [sender])  # type: ignore[attr-defined]
-        self._writes.append(write)
-        if request:
-            self._pending[request] = write
+        self._queue(ctx, _Write(msg, msg.name, request, [sender]))  # type: ignore[attr-defined]
         self._pump(ctx)
+
+    def _queue(self, ctx: Context, write: _Write) -> None:
+        """Queue `write` for the next batch (`_pump` sends it), or answer BUSY past the bound."""
+        if len(self._writes) >= self.settings.max_queued:
+            self._finish(ctx, write, Failure.of(ErrorCode.BUSY,
+                                                f"key partition {self.partition} has too many writes queued"))
+            return
+        self._writes.append(write)
+        if write.request:
+            self._pending[write.request] = write
 
     def _pump(self, ctx: Context) -> None:
         """Send every queued write that can go now as one batch (see the module rules)."""
@@ -388,8 +438,8 @@ class KeysActor(Actor):
         if msg.min_decryption_version is not None and not 1 <= msg.min_decryption_version <= versions:
             raise named_keys.KeyRequestError(
                 f"min_decryption_version {msg.min_decryption_version} is not in 1..{versions} (the primary's number)")
-        if msg.auto_rotate_period_s is not None and msg.auto_rotate_period_s < 0:
-            raise named_keys.KeyRequestError("auto_rotate_period_s must be >= 0 (0: off)")
+        if msg.auto_rotate_period_s is not None:
+            check_auto_rotate_period(msg.auto_rotate_period_s)
         return KeyConfigSet(name=name, min_decryption_version=msg.min_decryption_version,
                             deletion_allowed=msg.deletion_allowed, auto_rotate_period_s=msg.auto_rotate_period_s,
                             request=request)
@@ -429,6 +479,7 @@ class KeysActor(Actor):
                     changed[event.subject] = None
             for name in changed:
                 self.requests.forget(name)
+                self.schedule.update(name, state.keys.get(name))
         batch = outcome.token
         if batch is not None:
             for write in batch:  # type: ignore[attr-defined]
@@ -438,6 +489,8 @@ class KeysActor(Actor):
                     self.stats.writes += 1
                     self._finish(ctx, write, self._applied(write))
         self._pump(ctx)
+        if outcome.events and state is not None:
+            self._arm(ctx)
 
     def _applied(self, write: _Write) -> object:
         if write.deletes:
@@ -453,4 +506,71 @@ class KeysActor(Actor):
             del self._pending[write.request]
         for sender in write.senders:
             ctx.reply_to(sender, answer)
+        if write.auto_due_ms is not None:
+            self._auto_finished(ctx, write, answer)
+
+    # --- automatic rotation ---------------------------------------------------------------------
+
+    def _arm(self, ctx: Context) -> None:
+        """Keep one timer at the schedule's earliest wake time; none while rotations are outstanding
+        (the last one to settle calls this again)."""
+        wake = self.schedule.next_wake() if self._auto_running == 0 and self.state is not None else None
+        if wake == self._auto_timer_ms:
+            return
+        if self._auto_timer is not None:
+            ctx.cancel_timer(self._auto_timer)
+            self._auto_timer = None
+        self._auto_timer_ms = wake
+        if wake is not None:
+            delay_s = max(0.0, (wake - _wall_ms(ctx)) / 1000)
+            self._auto_serial += 1
+            self._auto_timer = ctx.start_timer(delay_s, _RotateDueKeys(self._auto_serial))
+
+    def _rotate_due_keys(self, ctx: Context, tick: _RotateDueKeys) -> None:
+        """Queue a rotation for each due key, up to the outstanding bound, as one batch.
+
+        Any tick scans (a duplicate or stale one finds nothing due that is not
+        already in flight); only the armed one clears the timer."""
+        if tick.serial == self._auto_serial:
+            self._auto_timer = self._auto_timer_ms = None
+        if self.state is None:
+            return
+        room = self.settings.max_auto_rotations_per_tick - self._auto_running
+        for name, due_ms in self.schedule.take(_wall_ms(ctx), max(room, 0)):
+            request_id = auto_request_id(name, due_ms)
+            request = request_fingerprint(AUTO_ROTATE_CLIENT, request_id)
+            if request in self._pending:  # cannot happen while the schedule marks it in flight; never twice
+                continue
+            self._auto_running += 1
+            self._queue(ctx, _Write(RotateKey(name=name, client_request_id=request_id), name, request, [],
+                                    auto_due_ms=due_ms))
+        self._pump(ctx)
+        self._arm(ctx)
+
+    def _auto_finished(self, ctx: Context, write: _Write, answer: object) -> None:
+        self._auto_running -= 1
+        name, due_ms = write.name, write.auto_due_ms
+        assert due_ms is not None and self._auto_running >= 0
+        if type(answer) is KeyInfo and write.version_id:
+            self.stats.auto_rotations += 1
+            number = answer.primary
+            for version in answer.versions:
+                if version.version_id == write.version_id:
+                    number = version.number
+            ctx.log.info("keys.%d rotated key %r automatically (due at %d ms): version %d, id %s",
+                         self.partition, name, due_ms, number, write.version_id.hex())
+        elif type(answer) is KeyInfo:  # a repeat of a rotation already applied for this due time
+            ctx.log.info("keys.%d: the automatic rotation of %r due at %d ms had already applied",
+                         self.partition, name, due_ms)
+        elif self.schedule.due_of(name) == due_ms:  # failed, and still due: try again later
+            self.stats.auto_rotation_failures += 1
+            ctx.log.warning("keys.%d could not rotate key %r automatically (retry in %.0f s): %s",
+                            self.partition, name, AUTO_ROTATE_RETRY_S, getattr(answer, "message", answer))
+        self.schedule.release(name, due_ms, _wall_ms(ctx) + int(AUTO_ROTATE_RETRY_S * 1000))
+        self._arm(ctx)
+
+
+def _wall_ms(ctx: Context) -> int:
+    """The wall clock in the unit of HLC stamps (Unix ms)."""
+    return int(ctx.wall_time() * 1000)
 

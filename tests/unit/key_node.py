@@ -28,8 +28,8 @@ SIGNER_KEY = bytes(range(32))
 class FakeEnv:
     """The driver's side: a clock the test moves, seeded entropy, recorded replies and service requests."""
 
-    def __init__(self, seed: int) -> None:
-        self.now = 100.0
+    def __init__(self, seed: int, start_s: float = 100.0) -> None:
+        self.now = start_s
         self.rng = random.Random(seed)
         self.submitted: list[tuple[str, int, object]] = []
         self.replies: dict[int, object] = {}
@@ -81,9 +81,10 @@ class KeyNode:
     snapshot_every: int = 10_000
     settings: dict = field(default_factory=dict)
     hold: set[type] = field(default_factory=set)  # service request types left waiting
+    start_s: float = 100.0  # the clocks at start (monotonic; wall is 1,700,000,000 s later)
 
     def __post_init__(self) -> None:
-        self.env = FakeEnv(self.seed)
+        self.env = FakeEnv(self.seed, self.start_s)
         if self.log is None:
             self.log = MemoryLog(node_id=NODE, partitions=self.partitions)
         if self.domain_key is None:
