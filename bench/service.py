@@ -46,6 +46,8 @@ sys.path.insert(1, str(BENCH_DIR.parent))  # a source checkout runs without an i
 
 from common import add_bench_args, median_of, record, write_results  # noqa: E402
 
+from keyswarm.transport.malloc_tuning import keep_large_buffers  # noqa: E402
+
 PAYLOAD = bytes(range(64))
 BULK = os.urandom(1 << 20)
 BARE_KEY = bytes(32)
@@ -241,6 +243,10 @@ def stop(process: subprocess.Popen) -> None:
 # --- the measurements ---------------------------------------------------------------------
 
 
+class _Skipped(Exception):
+    """A group left out by --only."""
+
+
 async def setup(pki: dict[str, Path], endpoint: str, node_proc: subprocess.Popen, log: Path):
     """Grant the bench clients everything on bench/*, create bench/aes and bench/ed; the bench client, connected."""
     from keyswarm.client.session import AsyncClient
@@ -268,9 +274,6 @@ async def setup(pki: dict[str, Path], endpoint: str, node_proc: subprocess.Popen
 
 async def bench(args, pki: dict[str, Path], endpoint: str, bare_endpoint: str, node: psutil.Process,
                 bare: psutil.Process, node_proc: subprocess.Popen, log: Path) -> list[dict]:
-    from keyswarm.actors.key_messages import EncryptItem
-    from keyswarm.client.session import AsyncClient
-
     quick = args.quick
     runs = 1 if quick else 3
     timing = {"duration_s": 1.0, "warmup_s": 0.3} if quick else {"duration_s": 3.0, "warmup_s": 0.5}
@@ -298,8 +301,25 @@ async def bench(args, pki: dict[str, Path], endpoint: str, bare_endpoint: str, n
         return out
 
     med = statistics.median
+    only = set(args.only.split(",")) if args.only else None
+
+    def want(group: str) -> bool:
+        return only is None or group in only
 
     # encrypt c1
+    if want("encrypt"):
+        await encrypt_series(series, drive_pair=(ops, node, bare, timing, runs), base=base, records=records)
+    await rest(args, want, series, ops, client, base, records, pki, endpoint, med)
+    await bare_client.close()
+    if want("sessions"):
+        await sessions_rss(args, client, pki, endpoint, node, records)
+    print(f"bench took {time.monotonic() - t_start:.0f} s", flush=True)
+    return records
+
+
+async def encrypt_series(series, *, drive_pair, base: dict, records: list[dict]) -> None:
+    ops, node, bare, timing, runs = drive_pair
+    med = statistics.median
     r = await series("encrypt", 1)
     records.append(record("service.encrypt_rps.c1", round(med(x["rps"] for x in r)), "req/s",
                           params={**base, "concurrency": 1, "values": [round(x["rps"]) for x in r],
@@ -340,7 +360,12 @@ async def bench(args, pki: dict[str, Path], endpoint: str, bare_endpoint: str, n
                           params={**c32, "values": [round(x, 3) for x in ratios],
                                   "how": "median of per-pair ratios, bare and node runs interleaved, same harness"}))
 
-    for name in ("decrypt", "sign"):
+
+async def rest(args, want, series, ops, client, base: dict, records: list[dict], pki, endpoint: str, med) -> None:
+    from keyswarm.actors.key_messages import EncryptItem
+
+    c32 = {**base, "concurrency": 32}
+    for name in ("decrypt", "sign") if want("decrypt") else ():
         r = await series(name, 32)
         print(f"{name} c32 {[round(x['rps']) for x in r]}", flush=True)
         records.append(record(f"service.{name}_rps.c32", round(med(x["rps"] for x in r)), "req/s", target=5_000,
@@ -350,23 +375,43 @@ async def bench(args, pki: dict[str, Path], endpoint: str, bare_endpoint: str, n
                                       "harness_cpu_us_per_req": round(med(x["harness_cpu_us"] for x in r), 1)}))
 
     # batches of 100
-    items = [EncryptItem(name="bench/aes", plaintext=PAYLOAD) for _ in range(100)]
-    ops["batch"] = lambda: client.encrypt_batch(items)
-    r = await series("batch", 8, items_per_call=100)
-    print(f"batch100 items/s {[round(x['items_per_s']) for x in r]}", flush=True)
-    records.append(record("service.encrypt_batch100_items_per_s", round(med(x["items_per_s"] for x in r)), "items/s",
-                          target=20_000, params={**base, "concurrency": 8, "batch": 100,
-                                                 "values": [round(x["items_per_s"]) for x in r]}))
+    if want("batch"):
+        items = [EncryptItem(name="bench/aes", plaintext=PAYLOAD) for _ in range(100)]
+        ops["batch"] = lambda: client.encrypt_batch(items)
+        r = await series("batch", 8, items_per_call=100)
+        print(f"batch100 items/s {[round(x['items_per_s']) for x in r]}", flush=True)
+        records.append(record("service.encrypt_batch100_items_per_s", round(med(x["items_per_s"] for x in r)),
+                              "items/s", target=20_000, params={**base, "concurrency": 8, "batch": 100,
+                                                                "values": [round(x["items_per_s"]) for x in r]}))
 
     # bulk 1 MiB
     ops["bulk"] = lambda: client.encrypt("bench/aes", BULK)
     try:
+        if not want("bulk"):
+            raise _Skipped
         r = await series("bulk", 4, bytes_per_call=len(BULK))
         print(f"bulk Gbit/s {[round(x['gbit_s'], 3) for x in r]}", flush=True)
         records.append(record("service.bulk_encrypt_gbit_s", round(med(x["gbit_s"] for x in r), 3), "Gbit/s", target=10,
                               params={**base, "concurrency": 4, "plaintext_bytes": len(BULK),
                                       "values": [round(x["gbit_s"], 3) for x in r],
-                                      "p99_ms": round(med(x["p99_ms"] for x in r), 1)}))
+                                      "p99_ms": round(med(x["p99_ms"] for x in r), 1),
+                                      "node_cpu_us_per_req": round(med(x["server_cpu_us"] for x in r), 1),
+                                      "harness_cpu_us_per_req": round(med(x["harness_cpu_us"] for x in r), 1)}))
+        # the same 1 MiB, sealed by the client under a data key the node wraps (docs/protocol.md 11.6)
+        ops["envelope"] = lambda: client.encrypt_envelope("bench/aes", BULK)
+        r = await series("envelope", 4, bytes_per_call=len(BULK))
+        print(f"bulk envelope Gbit/s {[round(x['gbit_s'], 3) for x in r]}", flush=True)
+        records.append(record("service.bulk_envelope_encrypt_gbit_s", round(med(x["gbit_s"] for x in r), 3),
+                              "Gbit/s", target=10,
+                              params={**base, "concurrency": 4, "plaintext_bytes": len(BULK),
+                                      "values": [round(x["gbit_s"], 3) for x in r],
+                                      "p99_ms": round(med(x["p99_ms"] for x in r), 2),
+                                      "node_cpu_us_per_call": round(med(x["server_cpu_us"] for x in r), 1),
+                                      "what": "AsyncClient.encrypt_envelope: one datakey request to the node per "
+                                              "1 MiB, AES-256-GCM in the client; not the same measurement as "
+                                              "service.bulk_encrypt_gbit_s, where every byte crosses the node"}))
+    except _Skipped:
+        pass
     except Exception as exc:  # e.g. TOO_LARGE
         print(f"bulk failed: {exc!r}", flush=True)
         records.append(record("service.bulk_encrypt_gbit_s", None, "Gbit/s", target=10,
@@ -381,6 +426,13 @@ async def bench(args, pki: dict[str, Path], endpoint: str, bare_endpoint: str, n
         await client.rotate_key(name)
 
     ops["keyops"] = key_op
+    if want("keyops"):
+        await keyops_series(series, base, records, med)
+    if want("auth"):
+        await auth_series(args, pki, endpoint, records, med)
+
+
+async def keyops_series(series, base: dict, records: list[dict], med) -> None:
     r = await series("keyops", 32, items_per_call=2)
     print(f"key ops/s {[round(x['items_per_s']) for x in r]}", flush=True)
     records.append(record("service.key_ops_per_s", round(med(x["items_per_s"] for x in r)), "ops/s", target=1_000,
@@ -388,8 +440,13 @@ async def bench(args, pki: dict[str, Path], endpoint: str, bare_endpoint: str, n
                                   "what": "create + rotate of a fresh aes256-gcm key (2 durable writes each)",
                                   "p99_ms_per_pair": round(med(x["p99_ms"] for x in r), 2)}))
 
+
+
+async def auth_series(args, pki, endpoint: str, records: list[dict], med) -> None:
+    from keyswarm.client.session import AsyncClient
+
     # auth and session establishment: soft key, then the virtual YubiKey
-    n_auth = 20 if quick else 50
+    n_auth = 20 if args.quick else 50
     for variant, kw in (("", creds(pki, "app")), (".yubikey", yk_creds(pki))):
         auth, establish = [], []
         for _ in range(n_auth):
@@ -412,8 +469,12 @@ async def bench(args, pki: dict[str, Path], endpoint: str, bare_endpoint: str, n
                               params={**p, "p50_ms": round(med(establish) * 1e3, 2),
                                       "what": "connect -> first encrypt reply"}))
 
-    await bare_client.close()
 
+
+async def sessions_rss(args, client, pki, endpoint: str, node: psutil.Process, records: list[dict]) -> None:
+    from keyswarm.client.session import AsyncClient
+
+    quick = args.quick
     # sessions: RSS of the node after N more full handshakes
     rss0 = node.memory_info().rss
     budget_s = 60.0 if quick else 240.0
@@ -452,23 +513,24 @@ async def bench(args, pki: dict[str, Path], endpoint: str, bare_endpoint: str, n
                                   "target_10000_sessions_held": opened >= 10_000, "note": stats_text}))
     records.append(record("service.sessions_held", opened, "sessions", target=10_000,
                           params={"open_s": round(elapsed, 1), "budget_s": budget_s, "reached_target_n": reached}))
-    for c in sem_clients:
+    for c in sem_clients[1:]:
         await c.close()
-    print(f"bench took {time.monotonic() - t_start:.0f} s", flush=True)
-    return records
 
 
-async def profile_run(pki: dict[str, Path], endpoint: str, node_proc: subprocess.Popen, log: Path, seconds: float) -> dict:
+async def profile_run(pki: dict[str, Path], endpoint: str, node_proc: subprocess.Popen, log: Path, seconds: float,
+                      op: str) -> dict:
     client = await setup(pki, endpoint, node_proc, log)
+    plaintext, concurrency = (BULK, 4) if op == "bulk" else (PAYLOAD, 32)
     try:
-        return await drive(lambda: client.encrypt("bench/aes", PAYLOAD), concurrency=32, duration_s=seconds,
-                           warmup_s=0.5, server=psutil.Process(node_proc.pid))
+        return await drive(lambda: client.encrypt("bench/aes", plaintext), concurrency=concurrency, duration_s=seconds,
+                           warmup_s=0.5, server=psutil.Process(node_proc.pid), bytes_per_call=len(plaintext))
     finally:
         await client.close()
 
 
-def profile_node(seconds: float) -> int:
-    """cProfile the node's main thread (driver, sessions and keys actors) under encrypt at c=32; print the top."""
+def profile_node(seconds: float, op: str = "encrypt") -> int:
+    """cProfile the node's main thread (driver, sessions and keys actors) under `op` (encrypt at c=32 of 64 B, or
+    bulk: encrypt at c=4 of 1 MiB); print the top."""
     import pstats
 
     from keyswarm.node.local_network import child_environment, find_free_base_port
@@ -487,8 +549,9 @@ def profile_node(seconds: float) -> int:
                  "node", "--config", str(config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=child_environment(),
                 start_new_session=True)
-        result = asyncio.run(profile_run(pki, endpoint, node_proc, log, seconds))
-        print(f"encrypt c32 under cProfile: {result['rps']:.0f} req/s, node CPU {result['server_cpu_us']:.1f} us/req, "
+        result = asyncio.run(profile_run(pki, endpoint, node_proc, log, seconds, op))
+        print(f"{op} under cProfile: {result['rps']:.0f} req/s ({result['gbit_s']:.2f} Gbit/s), node CPU "
+              f"{result['server_cpu_us']:.1f} us/req, harness CPU {result['harness_cpu_us']:.1f} us/req, "
               f"{result['n']} requests measured", flush=True)
         stop(node_proc)
         if prof.exists():
@@ -510,13 +573,19 @@ def profile_node(seconds: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = add_bench_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--serve-bare", metavar="ENDPOINT", help=argparse.SUPPRESS)
+    parser.add_argument("--only", metavar="GROUPS",
+                        help="comma-separated subset of encrypt,decrypt,batch,bulk,keyops,auth,sessions "
+                             "(the results file then holds only those)")
     parser.add_argument("--profile-node", metavar="SECONDS", type=float,
-                        help="only cProfile the node under encrypt at c=32 for SECONDS and print the top (no results file)")
+                        help="only cProfile the node under --profile-op for SECONDS and print the top (no results file)")
+    parser.add_argument("--profile-op", choices=("encrypt", "bulk"), default="encrypt",
+                        help="what --profile-node drives: encrypt (64 B, c=32) or bulk (1 MiB, c=4)")
     args = parser.parse_args(argv)
+    keep_large_buffers()  # the harness moves 1 MiB frames too (transport/malloc_tuning.py)
     if args.serve_bare:
         return serve_bare(args.serve_bare)
     if args.profile_node:
-        return profile_node(args.profile_node)
+        return profile_node(args.profile_node, args.profile_op)
 
     from keyswarm.node.local_network import find_free_base_port, spawn_node
 

@@ -31,7 +31,7 @@ from keyswarm.errors import ErrorCode, KeyswarmError
 
 ALGORITHMS = ("aes256-gcm", "chacha20-poly1305", "ed25519", "ecdsa-p256", "hmac-sha256")
 SESSION_OPERATIONS = frozenset({"key", "encrypt", "decrypt", "rewrap", "sign", "verify", "hmac", "datakey", "policy",
-                                "revoke"})
+                                "revoke", "revoke-node"})
 
 
 def _bool(text: str) -> bool:
@@ -132,6 +132,10 @@ def add_session_operations(ops: argparse._SubParsersAction, connection: argparse
     revoke = ops.add_parser("revoke", parents=[connection], help="admin: revoke CLIENT everywhere")
     revoke.add_argument("client", metavar="CLIENT")
     revoke.add_argument("--reason", default="")
+    revoke_node = ops.add_parser("revoke-node", parents=[connection],
+                                 help="admin: revoke NODE for good (it refuses new sessions, closes its own)")
+    revoke_node.add_argument("node", metavar="NODE")
+    revoke_node.add_argument("--reason", default="")
 
 
 # --- running ------------------------------------------------------------------------------
@@ -157,7 +161,9 @@ def run_session_command(args: argparse.Namespace) -> int:
 
 def _connect(args: argparse.Namespace) -> Any:
     from keyswarm.client.sync import Client
+    from keyswarm.transport.malloc_tuning import keep_large_buffers
 
+    keep_large_buffers()  # stdin may be large: its frames reuse heap pages (docs/operations.md, "Memory")
     if not args.cert or not args.root_cert:
         raise UsageError("key and crypto operations need --cert PEM and --root-cert PEM (and --key or --yubikey)")
     if (args.key is None) == (args.yubikey is None):
@@ -322,6 +328,9 @@ def _run(args: argparse.Namespace) -> int:
             case "revoke":
                 result = client.revoke_client(args.client, reason=args.reason)
                 _print_json({"revoked": result.client}) if as_json else print(f"revoked {result.client}")
+            case "revoke-node":
+                node = client.revoke_node(args.node, reason=args.reason)
+                _print_json({"revoked_node": node.node}) if as_json else print(f"revoked node {node.node}")
             case _:
                 raise AssertionError(f"unknown client operation {args.op!r}")
     return 0

@@ -50,6 +50,9 @@ Rules of the fold (the same discipline as `storage/fold.py`):
 - `ClientRevoked` is a tombstone that wins forever: the client's rules and
   admin are forgotten and every later event for it is ignored. With a
   fingerprint it revokes one key of the client (a certificate) forever.
+- `NodeRevoked` is a tombstone for a node, in a namespace of its own (a
+  client and a node may share a name): kept with its earliest stamp and
+  reason, and no event removes it (`policy.set` speaks of clients only).
 - Default deny: a client without rules may do nothing; a stored rule whose
   pattern or operations are not valid grants nothing (fail closed), and an
   operation name this version does not know grants nothing either.
@@ -63,12 +66,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from keyswarm.crypto.certificates import NAME_PATTERN
 from keyswarm.errors import ErrorCode, KeyswarmError
 from keyswarm.storage.events import Event
 from keyswarm.storage.policy_bodies import (
     POLICY_BODY_BY_TAG,
     AdminRevoked,
     ClientRevoked,
+    NodeRevoked,
     PolicyRule,
     PolicySet,
     check_policy_envelope,
@@ -224,6 +229,13 @@ def compile_pattern(text: str) -> KeyPattern:
 # --- writing rules ------------------------------------------------------------------------
 
 
+def validate_node_name(node: str) -> str:
+    """`node` if it can name a node (as its certificate's URI does), else PolicyError."""
+    if type(node) is not str or not NAME_PATTERN.fullmatch(node):
+        raise PolicyError(f"{node!r} is not a node name (1-48 letters, digits, '.', '_', '-')")
+    return node
+
+
 def validate_rules(rules: Iterable[PolicyRule | tuple[str, Iterable[str]]]) -> tuple[PolicyRule, ...]:
     """Rules as a `PolicySet` should carry them, or PolicyError naming the first bad one.
 
@@ -266,6 +278,14 @@ class Stamp(NamedTuple):
 
     hlc: int
     origin: str
+
+
+class NodeRevocation(NamedTuple):
+    """A node's revocation: the earliest one folded (a later one with another reason changes nothing)."""
+
+    hlc: int
+    origin: str
+    reason: str
 
 
 class RulesRegister(NamedTuple):
@@ -349,6 +369,7 @@ class PolicyTable:
     revoked_keys: dict[str, dict[bytes, Stamp]] = field(default_factory=dict)  # client -> fingerprint -> stamp
     covered: dict[str, int] = field(default_factory=dict)  # origin -> highest origin_seq folded (any type)
     _compiled: dict[str, _Compiled] = field(default_factory=dict, compare=False, repr=False)
+    revoked_nodes: dict[str, NodeRevocation] = field(default_factory=dict)  # node -> earliest revocation
 
     # --- questions ----------------------------------------------------------------
 
@@ -357,6 +378,9 @@ class PolicyTable:
         if client in self.revoked:
             return True
         return bool(fingerprint) and fingerprint in self.revoked_keys.get(client, {})
+
+    def is_node_revoked(self, node: str) -> bool:
+        return node in self.revoked_nodes
 
     def is_admin(self, client: str) -> bool:
         entry = self.clients.get(client)
@@ -392,6 +416,12 @@ class PolicyTable:
         if event.origin_seq > self.covered.get(event.origin, 0):
             self.covered[event.origin] = event.origin_seq
         if cls is None:
+            return
+        if cls is NodeRevoked:
+            held = self.revoked_nodes.get(body.node)
+            revocation = NodeRevocation(event.hlc, event.origin, body.reason)
+            if held is None or revocation < held:
+                self.revoked_nodes[body.node] = revocation
             return
         client = body.client
         stamp = Stamp(event.hlc, event.origin)
@@ -436,6 +466,7 @@ class PolicyTable:
             {c: dict(k) for c, k in self.revoked_keys.items()},
             dict(self.covered),
             dict(self._compiled),  # compiled rules are immutable: sharing them is safe
+            dict(self.revoked_nodes),
         )
 
 

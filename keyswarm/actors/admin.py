@@ -1,7 +1,7 @@
-"""The `admin` actor: the writer of the network's policy events (`policy.set`, `client.revoke`).
+"""The `admin` actor: the writer of the network's policy events (`policy.set`, `client.revoke`, `node.revoke`).
 
 Owns the admin operations that change the policy table: it validates them,
-appends `PolicySet` / `ClientRevoked` events (partition 0, subject "")
+appends `PolicySet` / `ClientRevoked` / `NodeRevoked` events (partition 0, subject "")
 through the storage actor, answers once they are durable, and hands the
 durable events to the `sessions` actor (`PolicyChanged`), which folds them
 into the table it authorises with.
@@ -19,11 +19,16 @@ Rules:
   flight joins it; a retry of an answered one (same client and
   `client_request_id`, kept in a bounded LRU of `MAX_REMEMBERED`) gets the
   original answer. Unlike key writes, these records are not persisted: a
-  retry that crosses a restart of this actor writes again. `PolicySet` and
-  `ClientRevoked` are idempotent in effect (the same rules set again, the
+  retry that crosses a restart of this actor writes again. `PolicySet`,
+  `ClientRevoked` and `NodeRevoked` are idempotent in effect (the same rules set again, the
   same revocation), so the only loss is when another admin changed the same
   client's rules between the write and its retry.
 - One write in flight at a time; others wait in a bounded queue (BUSY past it).
+- Answer, then notice: the answer to a write goes out before its
+  `PolicyChanged`. An in-session answer is sealed by the sessions actor,
+  so both land in its mailbox in that order and nothing comes between: an
+  admin who revokes the node it is connected to (which closes every session
+  there), or itself, still gets its answer.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from keyswarm.actors.key_messages import (
     PolicyChanged,
     RevokeClient,
     RevokeClientResult,
+    RevokeNode,
+    RevokeNodeResult,
     SetPolicy,
     SetPolicyResult,
 )
@@ -45,10 +52,16 @@ from keyswarm.actors.keys import client_of
 from keyswarm.actors.messages import Failure
 from keyswarm.actors.runtime import SESSIONS, Actor, Context, Sender
 from keyswarm.errors import DecodeError, ErrorCode, KeyswarmError
-from keyswarm.policy import validate_rules
+from keyswarm.policy import validate_node_name, validate_rules
 from keyswarm.storage.bodies import request_fingerprint
 from keyswarm.storage.chain import Draft, draft
-from keyswarm.storage.policy_bodies import POLICY_BODY_BY_TAG, ClientRevoked, PolicySet, check_policy_envelope
+from keyswarm.storage.policy_bodies import (
+    POLICY_BODY_BY_TAG,
+    ClientRevoked,
+    NodeRevoked,
+    PolicySet,
+    check_policy_envelope,
+)
 
 ADMIN = "admin"
 #: Answered admin writes remembered for retries.
@@ -81,7 +94,7 @@ class AdminActor(Actor):
 
     def on_message(self, ctx: Context, msg: object) -> None:
         kind = type(msg)
-        if kind is SetPolicy or kind is RevokeClient:
+        if kind is SetPolicy or kind is RevokeClient or kind is RevokeNode:
             self._on_request(ctx, msg)
         elif kind is WriteTimeout:
             self._settle(ctx, self.writer.on_timeout(ctx, msg))
@@ -90,7 +103,7 @@ class AdminActor(Actor):
         else:
             ctx.log.debug("admin ignores %s", kind.__name__)
 
-    def _on_request(self, ctx: Context, msg: SetPolicy | RevokeClient) -> None:
+    def _on_request(self, ctx: Context, msg: SetPolicy | RevokeClient | RevokeNode) -> None:
         sender = ctx.sender
         if len(msg.client_request_id) > MAX_CLIENT_REQUEST_ID_BYTES:
             ctx.reply(Failure.of(ErrorCode.BAD_REQUEST,
@@ -122,11 +135,14 @@ class AdminActor(Actor):
             self._pending[request] = write
         self._pump(ctx)
 
-    def _build(self, msg: SetPolicy | RevokeClient) -> tuple[Draft, object]:
+    def _build(self, msg: SetPolicy | RevokeClient | RevokeNode) -> tuple[Draft, object]:
         if type(msg) is SetPolicy:
             rules = validate_rules(msg.rules)
             body: object = PolicySet(client=msg.client, rules=rules)
             answer: object = SetPolicyResult(client=msg.client, rules=rules)
+        elif type(msg) is RevokeNode:
+            body = NodeRevoked(node=validate_node_name(msg.node), reason=msg.reason)
+            answer = RevokeNodeResult(node=msg.node)
         else:
             body = ClientRevoked(client=msg.client, fingerprint=msg.fingerprint, reason=msg.reason)
             answer = RevokeClientResult(client=msg.client)
@@ -148,8 +164,6 @@ class AdminActor(Actor):
 
     def _settle(self, ctx: Context, outcome: Outcome) -> None:
         policy_events = tuple(e for e in outcome.events if e.type in POLICY_BODY_BY_TAG)
-        if policy_events:
-            ctx.send(SESSIONS, PolicyChanged(policy_events))
         write = outcome.token
         if write is not None:
             if outcome.failure is not None:
@@ -157,6 +171,8 @@ class AdminActor(Actor):
             else:
                 self.writes += 1
                 self._finish(ctx, write, write.answer, remember=True)  # type: ignore[union-attr, arg-type]
+        if policy_events:  # after the answer (module docstring, "Answer, then notice")
+            ctx.send(SESSIONS, PolicyChanged(policy_events))
         self._pump(ctx)
 
     def _finish(self, ctx: Context, write: _AdminWrite, answer: object, *, remember: bool = False) -> None:

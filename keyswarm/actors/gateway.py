@@ -28,6 +28,9 @@ waiting once both replied. Rules:
   those fields empty (as before tokens existed).
 - Status replies are accepted from this node's own `hardware` and `subkeys`
   actors only: a peer frame cannot fake them.
+- `conditions` names why the node is degraded (`ctx.conditions()`: the
+  node's revocation, its certificate outside its validity, no sub-key, the
+  token absent, ...), each with its detail, so an operator reads the reason.
 """
 
 from __future__ import annotations
@@ -209,6 +212,7 @@ class Gateway(Actor):
             subkey=(subkey.state if subkey is not None else UNKNOWN) if has_subkeys else "",
             subkey_serial=subkey.current_serial if subkey is not None else 0,
             subkey_not_after_s=subkey.current_not_after_s if subkey is not None else 0.0,
+            conditions=dict(ctx.conditions()),
         )
 
     def _from_status_actor(self, ctx: Context) -> bool:

@@ -527,6 +527,23 @@ class RevokeClientResult:
     client: str
 
 
+@message(tag=0x0874, op="node.revoke")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevokeNode:
+    """Revoke node `node` everywhere, forever: it stops taking handshakes and resumptions and
+    closes its sessions; no node resumes a ticket it minted (`NodeRevoked`)."""
+
+    node: str
+    reason: str = ""
+    client_request_id: bytes = b""
+
+
+@message(tag=0x0875, op="node.revoke.result")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevokeNodeResult:
+    node: str
+
+
 @dataclass(frozen=True, slots=True)
 class AuthorizedListKeys:
     """sessions -> keys: `request` for a client that may see only the names `allows` accepts
@@ -558,7 +575,7 @@ def key_names_of(msg: object, *, max_name_bytes: int = 4096) -> tuple[str, ...]:
     kind = type(msg)
     if kind in BATCHES:
         return tuple(_name_of(item, max_name_bytes) for item in msg.items)  # type: ignore[attr-defined]
-    if kind in (ListKeys, AuthorizedListKeys, GetKeyStats, SetPolicy, RevokeClient):
+    if kind in (ListKeys, AuthorizedListKeys, GetKeyStats, SetPolicy, RevokeClient, RevokeNode):
         return ()
     return (_name_of(msg, max_name_bytes),)
 

@@ -50,6 +50,7 @@ from keyswarm.actors.key_messages import (
     ListKeys,
     ListKeysResult,
     RevokeClient,
+    RevokeNode,
     Rewrap,
     RotateKey,
     SetPolicy,
@@ -100,6 +101,7 @@ KEY_ROUTES: dict[type, str] = {
     GetKeyStats: KEYS,
     SetPolicy: ADMIN,
     RevokeClient: ADMIN,
+    RevokeNode: ADMIN,
 }
 
 

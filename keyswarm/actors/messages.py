@@ -14,7 +14,7 @@ Client-facing messages carry an `op`: requests name the operation
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from keyswarm.errors import RETRYABLE_CODES, ErrorCode
 from keyswarm.transport.codec import message
@@ -57,6 +57,9 @@ class HealthResult:
     subkey: str = ""  # the sub-keys actor's state: starting | ok | renewing | expired | unknown
     subkey_serial: int = 0  # the current sub-key certificate's serial (0: none)
     subkey_not_after_s: float = 0.0  # its notAfter, seconds since the epoch (0: none)
+    # Appended with node revocation: why the node is degraded, condition name -> detail
+    # (`revoked`, `node_certificate`, `subkeys`, `token`, ...; empty when nothing is wrong).
+    conditions: dict[str, str] = field(default_factory=dict)
 
 
 @message(tag=0x0103, op="echo")

@@ -229,6 +229,10 @@ class Context:
         """Mark the node degraded because of `name` (a human `detail`), or clear it (`degraded=False`)."""
         self._runtime.set_condition(name, degraded=degraded, detail=detail)
 
+    def conditions(self) -> tuple[tuple[str, str], ...]:
+        """The conditions degrading the node now, as `(name, detail)` (health reports them)."""
+        return self._runtime.conditions
+
     def stats(self) -> dict[str, dict[str, object]]:
         return self._runtime.stats()
 

@@ -42,6 +42,11 @@ Revocation (a revocation always wins, DESIGN section 1):
   ticket issued through an admin certificate this node has not seen in a
   full handshake is refused while any client of the network is revoked.
   Sound, at the price of a full handshake in those rare cases.
+- Nodes (`NodeRevoked`): a ticket minted by a revoked node is refused on
+  every node (`ticket_node_revoked`; one that names no node, minted before
+  tickets named theirs, while any node is revoked). What the revoked node
+  itself does (refuse handshakes, close its sessions, report degraded) is
+  `node_standing.py`'s.
 
 Bootstrap: until the first `AdminGranted` or `AdminRevoked` is folded (a
 fresh network), a client whose certificate is an admin certificate issued
@@ -183,6 +188,11 @@ class PolicyGate:
         if issuer_name is not None:
             return issuer_name in table.revoked or issuer_name in table.revoked_keys
         return bool(table.revoked or table.revoked_keys)
+
+    def ticket_node_revoked(self, node: str) -> bool:
+        """The `revoked_nodes` predicate for `accept_resume`: the ticket's minting node is revoked."""
+        revoked = self.table.revoked_nodes
+        return node in revoked if node else bool(revoked)
 
     def is_admin(self, name: str) -> bool:
         if self.table.is_admin(name):

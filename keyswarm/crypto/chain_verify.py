@@ -12,7 +12,10 @@ Rules:
   malformed -> wrong_network -> wrong_kind -> wrong_issuer -> bad_signature
   -> revoked -> not_yet_valid / expired. Signatures before time, so a forged
   certificate is reported as forged, never as merely expired; revocation
-  before time because a revocation always wins (DESIGN section 1).
+  before time because a revocation always wins (DESIGN section 1). Validity
+  is checked from the root down, so the certificate named is the highest
+  one outside its validity: a node whose certificate expired is reported as
+  that, not as its sub-key's expiry, which follows from it.
 - `now` is an argument (never the clock), so the simulator and tests choose it.
 - Certificates arrive from peers as bytes: each is capped at
   `MAX_CERTIFICATE_BYTES`, and any parse failure of the foreign library
@@ -140,7 +143,7 @@ def verify_chain(
     for cert, identity in zip(chain[:-1], identities):
         if _is_revoked(cert, revoked):
             raise CertificateInvalid("revoked", f"{_describe(cert, identity)} is revoked")
-    for cert, identity in zip(chain, identities):
+    for cert, identity in reversed(list(zip(chain, identities))):  # root first (module docstring)
         if now < cert.not_valid_before_utc:
             raise CertificateInvalid(
                 "not_yet_valid", f"{_describe(cert, identity)} is valid from {cert.not_valid_before_utc.isoformat()}"

@@ -94,7 +94,12 @@ from keyswarm.crypto.handshake_messages import (
 from keyswarm.crypto.session_keys import (
     C2S,
     S2C,
+    DEFAULT_SUITE,
+    MAX_OFFERED_SUITES,
     SESSION_ID_BYTES,
+    SUITE_AES256_GCM,
+    SUITE_AEADS,
+    SUITE_CHACHA20_POLY1305,
     SessionChannel,
     direction_keys,
     expand_label,
@@ -179,6 +184,8 @@ class NodeSettings:
     ticket_lifetime_s: float = 3600.0
     resumption_max_age_s: float = 86_400.0
     versions: tuple[int, ...] = HANDSHAKE_VERSIONS
+    #: Session suites this node speaks; it takes the client's first choice among them.
+    suites: tuple[int, ...] = (SUITE_AES256_GCM, SUITE_CHACHA20_POLY1305)
     network_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,6 +193,8 @@ class NodeSettings:
         for name in ("session_ttl_s", "ticket_lifetime_s", "resumption_max_age_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        if not self.suites or any(suite not in SUITE_AEADS for suite in self.suites):
+            raise ValueError(f"suites must name known suites {sorted(SUITE_AEADS)}, got {self.suites}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,14 +282,18 @@ class Machine:
 class ClientHandshake(Machine):
     """Client side: `hello()` -> `receive_challenge()` -> (token signs) -> `auth()` -> `receive_welcome()`."""
 
-    __slots__ = ("_credentials", "_versions", "_ephemeral", "_transcript", "_dh", "_hs_hash", "_hs_c2s",
-                 "_hs_s2c", "_to_sign", "_handshake_id", "node")
+    __slots__ = ("_credentials", "_versions", "_suites", "_suite", "_ephemeral", "_transcript", "_dh", "_hs_hash",
+                 "_hs_c2s", "_hs_s2c", "_to_sign", "_handshake_id", "node")
     _transitions = CLIENT_TRANSITIONS
 
-    def __init__(self, credentials: ClientCredentials, *, versions: tuple[int, ...] = HANDSHAKE_VERSIONS):
+    def __init__(self, credentials: ClientCredentials, *, versions: tuple[int, ...] = HANDSHAKE_VERSIONS,
+                 suites: tuple[int, ...] = ()):
+        """`suites`: session suites to offer, preferred first (`session_keys.preferred_suites()`);
+        () offers none, which gets ChaCha20-Poly1305 as before suites existed."""
         super().__init__()
         self._credentials = credentials
         self._versions = tuple(versions)
+        self._suites = tuple(suites)
         self._transcript = Transcript()
         self.node: str | None = None  # the verified node name, once the challenge checked out
 
@@ -291,6 +304,7 @@ class ClientHandshake(Machine):
                 versions=self._versions,
                 client_ephemeral=raw_public(self._ephemeral),
                 client_nonce=draw(entropy, NONCE_BYTES),
+                suites=self._suites,
             )
             mix_hello(self._transcript, hello)
             return hello
@@ -303,6 +317,7 @@ class ClientHandshake(Machine):
     def _on_challenge(self, challenge: Challenge, now: float, revoked: Revoked) -> bytes:
         if challenge.version not in self._versions:
             raise VersionMismatch("version", f"node chose version {challenge.version}, we offered {self._versions}")
+        self._suite = check_chosen_suite(self._suites, challenge.suite)
         check_length("handshake id", challenge.handshake_id, HANDSHAKE_ID_BYTES)
         check_length("node ephemeral", challenge.node_ephemeral, EPHEMERAL_BYTES)
         check_length("node nonce", challenge.node_nonce, NONCE_BYTES)
@@ -353,7 +368,7 @@ class ClientHandshake(Machine):
                 body = open_welcome(self._hs_s2c, welcome.sealed, final)
                 if body.node != self.node:
                     raise PeerAuthFailed("identity", f"welcome names node {body.node!r}, the certificate {self.node!r}")
-                return client_session(hkdf_extract(final, self._dh), body)
+                return client_session(hkdf_extract(final, self._dh), body, self._suite)
             finally:
                 self._dh = self._hs_c2s = self._hs_s2c = b""
 
@@ -369,7 +384,7 @@ class NodeHandshake(Machine):
     """
 
     __slots__ = ("handshake_id", "_settings", "_transcript", "_dh", "_hs_hash", "_hs_c2s", "_hs_s2c",
-                 "_unsigned", "_subkey_serial")
+                 "_unsigned", "_subkey_serial", "_suite")
     _transitions = NODE_TRANSITIONS
 
     def __init__(self, settings: NodeSettings):
@@ -381,6 +396,8 @@ class NodeHandshake(Machine):
         """Check the hello; return the bytes the current sub-key must sign."""
         with self._step("hello"):
             version = choose_version(hello.versions, self._settings.versions)
+            suite = choose_suite(hello.suites, self._settings.suites)
+            self._suite = suite or DEFAULT_SUITE
             check_length("client nonce", hello.client_nonce, NONCE_BYTES)
             ephemeral = X25519PrivateKey.from_private_bytes(draw(entropy, EPHEMERAL_BYTES))
             self._dh = exchange(ephemeral, hello.client_ephemeral, "client ephemeral")
@@ -393,6 +410,7 @@ class NodeHandshake(Machine):
                 node_ephemeral=raw_public(ephemeral),
                 node_nonce=draw(entropy, NONCE_BYTES),
                 signature=b"",
+                suite=suite,
             )
             self._transcript = Transcript()
             mix_hello(self._transcript, hello)
@@ -475,7 +493,7 @@ class NodeHandshake(Machine):
         )
         reply, session = establish_session(
             settings, hkdf_extract(final, self._dh), self._hs_s2c, final, identity,
-            authenticated_at_s=now, now=now, entropy=entropy, tickets=tickets, resumed=None,
+            authenticated_at_s=now, now=now, entropy=entropy, tickets=tickets, resumed=None, suite=self._suite,
         )
         assert isinstance(reply, Welcome)
         return reply, session
@@ -496,6 +514,7 @@ def establish_session(
     entropy: Entropy,
     tickets: TicketKeys | None,
     resumed: Resumed | None,
+    suite: int = DEFAULT_SUITE,
 ) -> tuple[Welcome | Resumed, Session]:
     """Derive the session keys, mint id and ticket, seal the welcome body."""
     c2s, s2c = direction_keys(prk)
@@ -518,6 +537,7 @@ def establish_session(
             authenticated_at_s=authenticated_at_s,
             expires_at_s=ticket_expires_at_s,
             resumption_secret=expand_label(prk, "resumption"),
+            node=settings.node_name,
         )
         ticket = issue_ticket(tickets, body, now=now, entropy=entropy)
     welcome = WelcomeBody(
@@ -528,7 +548,7 @@ def establish_session(
         node=settings.node_name,
     )
     sealed = seal_message(hs_s2c, S2C, encode(welcome), aad)
-    session = Session(session_id, c2s=c2s, s2c=s2c, client=identity, expires_at_s=expires_at_s)
+    session = Session(session_id, c2s=c2s, s2c=s2c, client=identity, expires_at_s=expires_at_s, suite=suite)
     reply: Welcome | Resumed = Welcome(sealed=sealed) if resumed is None else replace(resumed, sealed=sealed)
     return reply, session
 
@@ -545,10 +565,10 @@ def open_welcome(hs_s2c: bytes, sealed: bytes, aad: bytes) -> WelcomeBody:
     return body
 
 
-def client_session(prk: bytes, body: WelcomeBody) -> ClientSession:
+def client_session(prk: bytes, body: WelcomeBody, suite: int = DEFAULT_SUITE) -> ClientSession:
     c2s, s2c = direction_keys(prk)
     return ClientSession(
-        channel=SessionChannel(body.session_id, c2s=c2s, s2c=s2c, client_side=True),
+        channel=SessionChannel(body.session_id, c2s=c2s, s2c=s2c, client_side=True, suite=suite),
         expires_at_s=body.expires_at_s,
         ticket=body.ticket,
         ticket_expires_at_s=body.ticket_expires_at_s,
@@ -566,6 +586,31 @@ def choose_version(offered: tuple[int, ...], spoken: tuple[int, ...]) -> int:
     if not common:
         raise VersionMismatch("version", f"client offers versions {offered}; this node speaks {spoken}")
     return max(common)
+
+
+def choose_suite(offered: tuple[int, ...], spoken: tuple[int, ...]) -> int:
+    """The client's first offered suite this node speaks; 0 when it offered none (ChaCha20-Poly1305, unmixed)."""
+    if not offered:
+        return 0
+    if len(offered) > MAX_OFFERED_SUITES:
+        raise PeerAuthFailed("malformed", f"{len(offered)} suites offered (at most {MAX_OFFERED_SUITES})")
+    if any(type(s) is not int or not 0 < s <= 0xFFFF for s in offered):
+        raise PeerAuthFailed("malformed", "suites are 1..65535")
+    for suite in offered:
+        if suite in spoken:
+            return suite
+    raise VersionMismatch("version", f"client offers session suites {offered}; this node speaks {spoken}")
+
+
+def check_chosen_suite(offered: tuple[int, ...], chosen: int) -> int:
+    """The suite the session uses, after checking the node's `chosen` against what we `offered`."""
+    if not offered:
+        if chosen != 0:
+            raise PeerAuthFailed("malformed", f"node chose session suite {chosen}, but we offered none")
+        return DEFAULT_SUITE
+    if chosen not in offered:
+        raise VersionMismatch("version", f"node chose session suite {chosen}, we offered {offered}")
+    return chosen
 
 
 def exchange(private: X25519PrivateKey, peer: bytes, what: str) -> bytes:

@@ -58,6 +58,7 @@ MAX_SEALED_BYTES = 64 * 1024  # an auth carries at most two certificates of 16 K
 T_VERSIONS = 0x01  # hello: each offered version as u16 BE, concatenated
 T_CLIENT_EPHEMERAL = 0x02
 T_CLIENT_NONCE = 0x03
+T_SUITES = 0x04  # hello / resume: each offered session suite as u16 BE; mixed only when some are offered
 T_VERSION = 0x10  # challenge / resumed: the chosen version, u16 BE
 T_HANDSHAKE_ID = 0x11
 T_NODE_CERTIFICATE = 0x12
@@ -65,6 +66,7 @@ T_SUBKEY_CERTIFICATE = 0x13
 T_NODE_EPHEMERAL = 0x14
 T_NODE_NONCE = 0x15
 T_NODE_SIGNATURE = 0x16
+T_SUITE = 0x17  # challenge / resumed: the chosen suite, u16 BE; mixed only when the hello offered suites
 T_CLIENT_CERTIFICATE = 0x20
 T_INTERMEDIATE = 0x21  # one item per intermediate certificate, in order
 T_CLIENT_SIGNATURE = 0x22
@@ -99,17 +101,31 @@ class Transcript:
 
 
 def mix_hello(transcript: Transcript, hello: Hello | Resume) -> None:
-    """Items of a hello (or, after its ticket, a resume): versions, ephemeral, nonce."""
+    """Items of a hello (or, after its ticket, a resume): versions, ephemeral, nonce, then the suites if any.
+
+    A hello that offers no suites hashes exactly as before suites existed,
+    so older clients and the first vectors stay valid; one that does binds
+    them, so a suite list stripped or reordered in transit breaks the
+    node's signature check on the client."""
     transcript.mix_versions(T_VERSIONS, hello.versions)
     if isinstance(hello, Resume):
         transcript.mix(T_TICKET, hello.ticket)
     transcript.mix(T_CLIENT_EPHEMERAL, hello.client_ephemeral)
     transcript.mix(T_CLIENT_NONCE, hello.client_nonce)
+    if hello.suites:
+        transcript.mix_versions(T_SUITES, hello.suites)
+
+
+def mix_suite(transcript: Transcript, suite: int) -> None:
+    """The chosen suite (challenge / resumed), when the hello offered suites (`suite` != 0)."""
+    if suite:
+        transcript.mix_versions(T_SUITE, (suite,))
 
 
 def mix_challenge(transcript: Transcript, challenge: Challenge) -> bytes:
     """Items of a challenge up to (not including) its signature; returns the hash the node signs."""
     transcript.mix_versions(T_VERSION, (challenge.version,))
+    mix_suite(transcript, challenge.suite)
     transcript.mix(T_HANDSHAKE_ID, challenge.handshake_id)
     transcript.mix(T_NODE_CERTIFICATE, challenge.node_certificate)
     transcript.mix(T_SUBKEY_CERTIFICATE, challenge.subkey_certificate)
@@ -127,6 +143,7 @@ def mix_client_certificates(transcript: Transcript, certificate: bytes, intermed
 
 def mix_resumed(transcript: Transcript, resumed: Resumed) -> bytes:
     transcript.mix_versions(T_VERSION, (resumed.version,))
+    mix_suite(transcript, resumed.suite)
     transcript.mix(T_NODE_EPHEMERAL, resumed.node_ephemeral)
     return transcript.mix(T_NODE_NONCE, resumed.node_nonce)
 
@@ -150,6 +167,7 @@ class Hello:
     versions: tuple[int, ...]  # handshake versions the client speaks
     client_ephemeral: bytes  # X25519 public key, 32 bytes raw
     client_nonce: bytes  # 32 random bytes
+    suites: tuple[int, ...] = ()  # session AEAD suites, preferred first; () means ChaCha20-Poly1305 only
 
 
 @message(tag=0x0702, op="handshake.challenge")
@@ -165,6 +183,7 @@ class Challenge:
     node_ephemeral: bytes
     node_nonce: bytes
     signature: bytes  # Ed25519 by the sub-key over NODE_SIGNATURE_CONTEXT || transcript hash
+    suite: int = 0  # the suite chosen from the hello's; 0 when it offered none (ChaCha20-Poly1305)
 
 
 @message(tag=0x0703, op="handshake.auth")
@@ -193,6 +212,7 @@ class Resume:
     ticket: bytes  # as received in a WelcomeBody, opaque to the client
     client_ephemeral: bytes
     client_nonce: bytes
+    suites: tuple[int, ...] = ()  # as in Hello
 
 
 @message(tag=0x0706, op="handshake.resumed")
@@ -204,6 +224,7 @@ class Resumed:
     node_ephemeral: bytes
     node_nonce: bytes
     sealed: bytes
+    suite: int = 0  # as in Challenge
 
 
 @message(tag=0x0707)

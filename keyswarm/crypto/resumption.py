@@ -28,7 +28,8 @@ Rules:
 - The new ticket keeps `authenticated_at_s`, so a chain of resumptions ends
   `resumption_max_age_s` after the client last proved its key; the
   client's certificate notAfter and revocation (by serial or fingerprint,
-  of the client or its issuer) are checked on every resumption.
+  of the client or its issuer) are checked on every resumption, and so is
+  the revocation of the node that minted the ticket (`TicketBody.node`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from keyswarm.crypto.handshake import (
     NodeSettings,
     PeerAuthFailed,
     VersionMismatch,
+    check_chosen_suite,
     check_length,
+    choose_suite,
     choose_version,
     client_session,
     draw,
@@ -62,33 +65,36 @@ from keyswarm.crypto.handshake_messages import (
     mix_hello,
     mix_resumed,
 )
-from keyswarm.crypto.session_keys import KEY_BYTES, expand_label, hkdf_extract
+from keyswarm.crypto.session_keys import DEFAULT_SUITE, KEY_BYTES, expand_label, hkdf_extract
 from keyswarm.crypto.session_table import Session
-from keyswarm.crypto.tickets import TicketKeys, TicketRejected, TicketRevoked, open_ticket
+from keyswarm.crypto.tickets import NodeRevokedCheck, TicketKeys, TicketRejected, TicketRevoked, open_ticket
 from keyswarm.hardware.token import Entropy
 
 
 class ClientResumption(Machine):
     """Client side of a resumption: `resume()` -> `receive_resumed()`."""
 
-    __slots__ = ("_ticket", "_secret", "_versions", "_ephemeral", "_transcript")
+    __slots__ = ("_ticket", "_secret", "_versions", "_suites", "_ephemeral", "_transcript")
     _transitions = RESUME_TRANSITIONS
 
-    def __init__(self, *, ticket: bytes, resumption_secret: bytes, versions: tuple[int, ...] = HANDSHAKE_VERSIONS):
+    def __init__(self, *, ticket: bytes, resumption_secret: bytes, versions: tuple[int, ...] = HANDSHAKE_VERSIONS,
+                 suites: tuple[int, ...] = ()):
         super().__init__()
         if len(resumption_secret) != KEY_BYTES:
             raise ValueError(f"a resumption secret is {KEY_BYTES} bytes")
         self._ticket, self._secret, self._versions = ticket, resumption_secret, tuple(versions)
+        self._suites = tuple(suites)
         self._transcript = Transcript(RESUME_LABEL)
 
     @classmethod
     def from_session(
-        cls, session: ClientSession, *, versions: tuple[int, ...] = HANDSHAKE_VERSIONS
+        cls, session: ClientSession, *, versions: tuple[int, ...] = HANDSHAKE_VERSIONS, suites: tuple[int, ...] = ()
     ) -> ClientResumption:
         """Resume `session` (its ticket and resumption secret)."""
         if not session.ticket:
             raise ValueError("the node issued no ticket for this session")
-        return cls(ticket=session.ticket, resumption_secret=session.resumption_secret, versions=versions)
+        return cls(ticket=session.ticket, resumption_secret=session.resumption_secret, versions=versions,
+                   suites=suites)
 
     def resume(self, entropy: Entropy) -> Resume:
         with self._step("resume"):
@@ -98,6 +104,7 @@ class ClientResumption(Machine):
                 ticket=self._ticket,
                 client_ephemeral=raw_public(self._ephemeral),
                 client_nonce=draw(entropy, NONCE_BYTES),
+                suites=self._suites,
             )
             mix_hello(self._transcript, msg)
             return msg
@@ -109,12 +116,13 @@ class ClientResumption(Machine):
                     raise VersionMismatch(
                         "version", f"node chose version {resumed.version}, we offered {self._versions}"
                     )
+                suite = check_chosen_suite(self._suites, resumed.suite)
                 check_length("node nonce", resumed.node_nonce, NONCE_BYTES)
                 resumed_hash = mix_resumed(self._transcript, resumed)
                 dh = exchange(self._ephemeral, resumed.node_ephemeral, "node ephemeral")
                 prk = hkdf_extract(resumed_hash, self._secret + dh)
                 body = open_welcome(expand_label(prk, "hs s2c"), resumed.sealed, resumed_hash)
-                return client_session(prk, body)
+                return client_session(prk, body, suite)
             finally:
                 self._secret = b""
                 del self._ephemeral
@@ -128,12 +136,17 @@ def accept_resume(
     now: float,
     entropy: Entropy,
     revoked: TicketRevoked = frozenset(),
+    revoked_nodes: NodeRevokedCheck = frozenset(),
 ) -> tuple[Resumed, Session]:
-    """Node side of a resumption, in one step: the reply to send and the session to keep."""
+    """Node side of a resumption, in one step: the reply to send and the session to keep.
+
+    `revoked_nodes` refuses tickets minted by a revoked node (`open_ticket`)."""
     version = choose_version(resume.versions, settings.versions)
+    suite = choose_suite(resume.suites, settings.suites)
     check_length("client nonce", resume.client_nonce, NONCE_BYTES)
     try:
-        ticket = open_ticket(tickets, resume.ticket, now=now, network_id=settings.network_id, revoked=revoked)
+        ticket = open_ticket(tickets, resume.ticket, now=now, network_id=settings.network_id, revoked=revoked,
+                             revoked_nodes=revoked_nodes)
     except TicketRejected as exc:
         raise PeerAuthFailed("ticket", exc.detail, subreason=exc.reason) from exc
     if now >= ticket.authenticated_at_s + settings.resumption_max_age_s:
@@ -145,6 +158,7 @@ def accept_resume(
         node_ephemeral=raw_public(ephemeral),
         node_nonce=draw(entropy, NONCE_BYTES),
         sealed=b"",
+        suite=suite,
     )
     transcript = Transcript(RESUME_LABEL)
     mix_hello(transcript, resume)
@@ -153,6 +167,7 @@ def accept_resume(
     reply, session = establish_session(
         settings, prk, expand_label(prk, "hs s2c"), resumed_hash, ticket.identity(),
         authenticated_at_s=ticket.authenticated_at_s, now=now, entropy=entropy, tickets=tickets, resumed=unsealed,
+        suite=suite or DEFAULT_SUITE,
     )
     assert isinstance(reply, Resumed)
     return reply, session

@@ -41,7 +41,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from keyswarm.crypto.session_keys import SessionChannel
+from keyswarm.crypto.session_keys import DEFAULT_SUITE, SessionChannel
 from keyswarm.errors import AuthError, ErrorCode
 
 DEFAULT_CAPACITY = 100_000
@@ -88,8 +88,9 @@ class Session(SessionChannel):
 
     __slots__ = ("client", "expires_at_s")
 
-    def __init__(self, session_id: bytes, *, c2s: bytes, s2c: bytes, client: ClientIdentity, expires_at_s: float):
-        super().__init__(session_id, c2s=c2s, s2c=s2c, client_side=False)
+    def __init__(self, session_id: bytes, *, c2s: bytes, s2c: bytes, client: ClientIdentity, expires_at_s: float,
+                 suite: int = DEFAULT_SUITE):
+        super().__init__(session_id, c2s=c2s, s2c=s2c, client_side=False, suite=suite)
         self.client = client
         self.expires_at_s = expires_at_s
 

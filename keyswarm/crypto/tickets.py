@@ -25,7 +25,13 @@ Rules:
 - Tickets are opaque to clients, sealed (confidential: they carry the
   resumption secret) and authenticated (any change is `forged`).
 - Checks run in a fixed order, the first failure is the reason:
-  malformed -> epoch -> forged -> wrong_network -> expired -> revoked.
+  malformed -> epoch -> forged -> wrong_network -> expired -> revoked
+  (the client or its issuer, then the node that minted the ticket).
+- A ticket names the node that minted it (`TicketBody.node`, appended with
+  a default): a ticket minted by a revoked node is refused everywhere
+  (`revoked_nodes`). One minted before the field existed names none ("");
+  it is refused while any node of the network is revoked, since it could
+  be the revoked node's (sound, at the price of a full handshake).
 - Pure: `now` and the nonce's entropy are arguments; the small cache of
   derived keys is the only state.
 """
@@ -58,6 +64,10 @@ _HEADER = struct.Struct(">4sBQ12s")
 HEADER_BYTES = _HEADER.size  # 25
 _TAG_BYTES = 16
 
+#: A revocation check for the node that minted a ticket: a predicate over its name
+#: ("" for tickets minted before tickets named their node), or revoked node names.
+NodeRevokedCheck = Callable[[str], bool] | Collection[str]
+
 #: A revocation check for a ticket's client: a predicate over its identity,
 #: or serials (int) and certificate fingerprints (bytes or hex) of the client
 #: or its issuer, as `chain_verify.Revoked` takes them.
@@ -88,6 +98,7 @@ class TicketBody:
     authenticated_at_s: float  # when the client last proved its key (a full handshake)
     expires_at_s: float
     resumption_secret: bytes
+    node: str = ""  # the node that minted it ("": minted before tickets named their node)
 
     def identity(self) -> ClientIdentity:
         return ClientIdentity(
@@ -147,6 +158,7 @@ def open_ticket(
     now: float,
     network_id: str,
     revoked: TicketRevoked = frozenset(),
+    revoked_nodes: NodeRevokedCheck = frozenset(),
 ) -> TicketBody:
     """The body of a live ticket of `network_id`; `TicketRejected(reason)` otherwise."""
     if type(ticket) is not bytes or not HEADER_BYTES + _TAG_BYTES <= len(ticket) <= MAX_TICKET_BYTES:
@@ -173,7 +185,16 @@ def open_ticket(
         raise TicketRejected("expired", f"ticket expired at {body.expires_at_s:.3f}")
     if _is_revoked(body, revoked):
         raise TicketRejected("revoked", f"client {body.client_name!r} (or its issuer) is revoked")
+    if _node_revoked(body.node, revoked_nodes):
+        minted = f"node {body.node!r}" if body.node else "a node that did not name itself (an older node)"
+        raise TicketRejected("revoked", f"the ticket was minted by {minted}, and a node is revoked")
     return body
+
+
+def _node_revoked(node: str, revoked_nodes: NodeRevokedCheck) -> bool:
+    if callable(revoked_nodes):
+        return bool(revoked_nodes(node))
+    return bool(revoked_nodes) and (not node or node in revoked_nodes)
 
 
 def _is_revoked(body: TicketBody, revoked: TicketRevoked) -> bool:

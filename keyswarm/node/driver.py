@@ -50,6 +50,7 @@ from keyswarm.node.service_threads import ServiceThreads
 from keyswarm.node.services import BlockingService
 from keyswarm.transport import frames, zmq_sockets
 from keyswarm.transport.codec import Limits
+from keyswarm.transport.malloc_tuning import keep_large_buffers
 
 log = logging.getLogger("keyswarm.node")
 
@@ -501,6 +502,7 @@ def run_node(config: NodeConfig) -> int:
     `runtime.shutdown_grace_s`); a second one stops at once. Returns 0 after a
     clean drain, 1 when work was abandoned, 2 when the node could not start.
     """
+    keep_large_buffers()  # large frames reuse heap pages (transport/malloc_tuning.py)
     try:
         driver = NodeDriver(config)  # opens the event log and the signing key
     except KeyswarmError as exc:

@@ -142,6 +142,7 @@ def open_node_token(
             sessions=SessionSettings.from_config(
                 config.sessions, config.limits, node_name=node_id, root_certificate=root,
                 node_certificate_der=certificate_der, domain_key=domain_key,
+                key_partitions=config.storage.partitions if key_actors else None,
             ),
             keys=key_actors,
         )

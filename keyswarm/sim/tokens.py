@@ -141,6 +141,7 @@ class SimTokens:
             sessions=SessionSettings.from_config(
                 SessionsConfig(), LimitsConfig(), node_name=name, root_certificate=self.root_certificate,
                 node_certificate_der=self.certificates[name], domain_key=self.domain_key,
+                key_partitions=(storage or StorageConfig()).partitions,
             ),
             keys=self._key_service(storage or StorageConfig()),
         )

@@ -10,12 +10,14 @@ event must keep. The fold that turns them into a table is `keyswarm.policy`.
 | `0x0421` | `ClientRevoked` | client C (or one of its keys) is refused, forever      |
 | `0x0422` | `AdminGranted`  | client C may run admin operations (LWW with revoke)    |
 | `0x0423` | `AdminRevoked`  | client C may no longer run admin operations            |
+| `0x0424` | `NodeRevoked`   | node N is refused, forever: it stops serving, its tickets die |
 | `0x043F` | `PolicyRule`    | one rule inside `PolicySet`; never an event by itself  |
 
 Rules:
 - Network-wide: every policy event lives in partition 0 with subject ""
   (DESIGN section 6). `check_policy_envelope` refuses anything else, an
-  empty client name, and a fingerprint that is neither empty nor 32 bytes.
+  empty client (or node) name, and a fingerprint that is neither empty nor
+  32 bytes.
 - Codec rules as in `bodies.py`: tags are permanent, fields append-only with
   defaults, no `__post_init__` checks, so a body that breaks a rule still
   decodes and the verifier can say which rule it broke. A rule whose pattern
@@ -88,8 +90,18 @@ class AdminRevoked:
     client: str
 
 
+@codec.message(tag=0x0424)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeRevoked:
+    """Node `node` is revoked, forever: it refuses handshakes and resumptions and closes its
+    sessions, and no node resumes a ticket it minted. Nothing undoes it (no event un-revokes)."""
+
+    node: str
+    reason: str = ""
+
+
 #: Bodies that are policy events (PolicyRule only travels inside PolicySet).
-POLICY_BODIES = (PolicySet, ClientRevoked, AdminGranted, AdminRevoked)
+POLICY_BODIES = (PolicySet, ClientRevoked, AdminGranted, AdminRevoked, NodeRevoked)
 POLICY_BODY_BY_TAG: dict[int, type] = {codec.tag_of(cls): cls for cls in POLICY_BODIES}
 
 
@@ -100,6 +112,10 @@ def check_policy_envelope(event: Envelope, body: object) -> None:
     name = type(body).__name__
     if event.subject or event.partition != 0:
         raise DecodeError(f"{name} is network-wide: subject '' in partition 0")
+    if type(body) is NodeRevoked:
+        if not body.node:
+            raise DecodeError("NodeRevoked: empty node name")
+        return
     client = body.client  # type: ignore[attr-defined]
     if not client:
         raise DecodeError(f"{name}: empty client name")

@@ -64,6 +64,8 @@ class zmq_errors:  # noqa: N801 - used like a function: `with zmq_errors("bind")
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+#: Parts at least this long are sent zero-copy (pyzmq's own copy threshold).
+ZERO_COPY_FROM_BYTES = zmq.COPY_THRESHOLD
 
 
 def send_nowait(sock: zmq.Socket, parts: list[bytes], what: str = "send") -> None:
@@ -76,7 +78,9 @@ def send_nowait(sock: zmq.Socket, parts: list[bytes], what: str = "send") -> Non
     try:
         for part in parts[:-1]:
             send(part, _MORE_NOBLOCK)
-        send(parts[-1], _NOBLOCK)
+        last = parts[-1]
+        # A large part goes without a copy: ZeroMQ holds a reference until its I/O thread sent it.
+        send(last, _NOBLOCK, copy=len(last) < ZERO_COPY_FROM_BYTES)
     except zmq.ZMQError as exc:
         raise translate_zmq_error(exc, what) from exc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -24,7 +25,8 @@ from keyswarm.client import errors as E
 from keyswarm.client.session import AsyncClient
 from keyswarm.client.sync import Client
 from keyswarm.enrolment import TokenAccess, create_network, enrol_client, enrol_node
-from keyswarm.errors import AuthError, ErrorCode
+from keyswarm.crypto import envelope
+from keyswarm.errors import AuthError, DecodeError, DecryptFailed, ErrorCode
 from keyswarm.transport import frames
 
 pytestmark = pytest.mark.integration
@@ -202,6 +204,9 @@ def test_key_operations_without_a_policy_are_forbidden_with_exit_code_5(pki, nod
 # --- key operations (need the keys actors) --------------------------------------------
 
 
+_GRANTS = itertools.count(1)
+
+
 def grant(node, client: str, *rules: tuple[str, tuple[str, ...]]) -> None:
     """Fold a `PolicySet` for `client` into the node's policy gate (what an admin's policy.set ends in)."""
     from keyswarm.storage.bodies import tag_of_body
@@ -210,7 +215,9 @@ def grant(node, client: str, *rules: tuple[str, tuple[str, ...]]) -> None:
     from keyswarm.transport import codec
 
     body = PolicySet(client=client, rules=tuple(PolicyRule(pattern=p, ops=ops) for p, ops in rules))
-    event = Event(partition=0, origin="test", origin_seq=1, hlc=int(time.time() * 1000) << 16, type=tag_of_body(body),
+    # A logical counter in the HLC's low bits: two grants in one millisecond still order (last one wins).
+    hlc = int(time.time() * 1000) << 16 | next(_GRANTS)
+    event = Event(partition=0, origin="test", origin_seq=1, hlc=hlc, type=tag_of_body(body),
                   subject="", body=codec.encode(body), prev=b"\x00" * 32)
     sessions = node.driver.runtime.actor("sessions")
     node.call(lambda: sessions.gate.fold([event]))
@@ -298,3 +305,74 @@ def test_cli_unreachable_node_is_exit_code_7(pki) -> None:
 def test_cli_plaintext_operations_still_work(node) -> None:
     code, out, _ = cli("client", "--connect", node.client_endpoint, "echo", "hi")
     assert code == 0 and '"hi"' in out
+
+
+# --- timeouts and the receive loop -----------------------------------------------------------
+
+
+def test_a_silent_endpoint_times_out_and_leaves_nothing_pending(pki, zmq_context) -> None:
+    """A ROUTER that reads and never answers: the handshake's hello times out with RequestTimeout
+    (the client's own timer, not a hang), and the client cleans up its waiter."""
+    silent = zmq_context.socket(zmq.ROUTER)
+    silent.setsockopt(zmq.LINGER, 0)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+
+    async def run() -> None:
+        started = time.monotonic()
+        with pytest.raises(E.RequestTimeout, match="within 0.3 s"):
+            await AsyncClient.connect(f"tcp://127.0.0.1:{port}", **credentials(pki, timeout_s=0.3, retries=0))
+        assert time.monotonic() - started < 5.0
+
+    try:
+        asyncio.run(run())
+        assert silent.poll(2000), "the hello never reached the silent endpoint"
+        identity, hello = silent.recv_multipart()
+        assert frames.decode_request(hello)[1].__class__.__name__ == "Hello"
+    finally:
+        silent.close(linger=0)
+
+
+def test_a_burst_of_replies_is_read_in_one_wake_up(pki, node) -> None:
+    """64 requests pipelined on one session: every reply matched to its request (the read loop
+    drains all queued frames after each wake-up, without an await per frame)."""
+
+    async def run() -> None:
+        client = await AsyncClient.connect(node.client_endpoint, **credentials(pki))
+        try:
+            replies = await asyncio.gather(*(client.request(km.ListKeys(prefix=f"p{i}/", limit=1))
+                                             for i in range(64)))
+            assert len(replies) == 64 and client.stats["late_replies"] == 0
+            assert not client._pending and not client._counters
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
+def test_envelope_encryption_round_trips_and_follows_the_policy_of_its_named_key(pki, node) -> None:
+    """encrypt_envelope: one datakey request, the data sealed here; decrypt_envelope: the node unwraps
+    the data key under the named key's decrypt policy (docs/protocol.md 11.6)."""
+    with Client.connect(node.client_endpoint, **credentials(pki)) as client:
+        require_keys_actor(client)
+        name = f"env/k{time.time_ns()}"
+        grant(node, "alice", ("env/**", ("key.create", "datakey", "decrypt")))
+        client.create_key(name, "aes256-gcm")
+        data = bytes(range(256)) * 4096  # 1 MiB
+        sealed = client.encrypt_envelope(name, data, b"ctx")
+        assert bytes(sealed[:4]) == b"kse\x01" and len(sealed) == len(data) + 8 + len(envelope.wrapped_key(sealed)) + 28
+        assert client.decrypt_envelope(sealed, b"ctx") == data
+        with pytest.raises(E.DecryptFailedError):  # the wrapped key was sealed with the context
+            client.decrypt_envelope(sealed, b"other")
+        tampered = bytearray(sealed)
+        tampered[-1] ^= 1
+        with pytest.raises(DecryptFailed):
+            client.decrypt_envelope(bytes(tampered), b"ctx")
+        with pytest.raises(DecodeError):
+            client.decrypt_envelope(b"not an envelope at all", b"ctx")
+        grant(node, "alice", ("env/**", ("key.create", "datakey")))  # no decrypt: the data key stays wrapped
+        with pytest.raises(E.ForbiddenError) as info:
+            client.decrypt_envelope(sealed, b"ctx")
+        assert name in info.value.message and "decrypt" in info.value.message
+        grant(node, "alice", ("env/**", ("decrypt",)))  # no datakey: no envelope
+        with pytest.raises(E.ForbiddenError):
+            client.encrypt_envelope(name, b"x")

@@ -2,11 +2,12 @@
 
 The PKI is made in `tmp_path` with `keyswarm.enrolment` (the code behind
 `keyswarm init` and `keyswarm enroll-node`): two networks' roots, and nodes
-enrolled under them. A node on its soft token warns loudly at start, and
+enrolled under them (and p1 certificates outside their validity: expired,
+not yet valid). A node on its soft token warns loudly at start, and
 runs the hardware and sub-keys actors (health shows them, and its first
 sub-key). A node whose certificate was issued for another token, by another
-network's root, or for another node refuses to start: exit code 2 and one
-clear log line. Every wait is bounded.
+network's root, for another node, or is expired or not yet valid refuses
+to start: exit code 2 and one clear log line. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import zmq
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from keyswarm.actors.messages import Health, HealthResult
 from keyswarm.client.plain import PlainClient
 from keyswarm.config import config_to_toml, node_config
-from keyswarm.enrolment import TokenAccess, create_network, enrol_node
+from keyswarm.crypto.certificates import node_certificate
+from keyswarm.enrolment import TokenAccess, create_network, enrol_node, open_access
+from keyswarm.hardware.soft_token import SoftToken
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +64,30 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
         "p1-theirs": enrol(theirs, base / "p1-theirs", "p1"),
     }
     sections["ours-root"] = {"root_certificate": str(base / "root" / "root.pem")}
+    # p1 certificates that expired yesterday and that are valid from tomorrow (built directly: enrol_node
+    # checks what it issues at its own `now`).
+    now = datetime.now(timezone.utc)
+    for case, issued, lifetime in (("p1-expired", now - timedelta(days=3), timedelta(days=2)),
+                                   ("p1-early", now + timedelta(days=1), timedelta(days=30))):
+        sections[case] = mint_node(ours, base / case, "p1", issued, lifetime)
     return sections
+
+
+def mint_node(root: tuple[TokenAccess, Path], directory: Path, name: str, issued: datetime,
+              lifetime: timedelta) -> dict[str, str]:
+    """A node token and a certificate for it issued at `issued` for `lifetime`; returns its `[token]` section."""
+    directory.mkdir(parents=True)
+    token = SoftToken.create(directory / "node.token", algorithm="ed25519")
+    root_pem = root[1].read_bytes()
+    root_cert = x509.load_pem_x509_certificate(root_pem)
+    with open_access(root[0], create=False) as root_token:
+        cert = node_certificate(root_token, root_cert, token.identity_public_key(), node_name=name, now=issued,
+                                lifetime=lifetime)
+    token.close()
+    (directory / "node.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+    (directory / "root.pem").write_bytes(root_pem)
+    return {"spec": f"soft:{directory / 'node.token'}", "node_certificate": str(directory / "node.pem"),
+            "root_certificate": str(directory / "root.pem")}
 
 
 def test_a_node_on_a_soft_token_warns_and_runs_the_hardware_and_subkeys_actors(
@@ -97,6 +126,9 @@ def test_a_node_without_a_token_says_so_and_runs_neither_actor(node_process: Cal
         # p2's certificate and token, for a node whose id is p1.
         ("another-node", ["certifies node 'p2'", "this node's id is 'p1'"]),
         ("missing-certificate", ["field token.node_certificate", "no such file"]),
+        # p1's own certificate and token, outside the certificate's validity now.
+        ("expired", ["field token.node_certificate", "expired", "node certificate keyswarm://"]),
+        ("not-yet-valid", ["field token.node_certificate", "not_yet_valid", "is valid from"]),
     ],
 )
 def test_a_node_refuses_certificates_that_are_not_its_own(
@@ -107,6 +139,8 @@ def test_a_node_refuses_certificates_that_are_not_its_own(
         "another-network": {**pki["p1-theirs"], **pki["ours-root"]},
         "another-node": pki["p2"],
         "missing-certificate": {**pki["p1"], "node_certificate": str(tmp_path / "absent.pem")},
+        "expired": pki["p1-expired"],
+        "not-yet-valid": pki["p1-early"],
     }[case]
     result = run_node(tmp_path, token)
     assert result.returncode == 2, result.stderr

@@ -22,14 +22,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keyswarm.actors.key_messages import (
-    CreateKey, Decrypt, Encrypt, EncryptBatch, EncryptItem, RevokeClient, SetPolicy,
+    CreateKey, Decrypt, Encrypt, EncryptBatch, EncryptItem, RevokeClient, RevokeNode, SetPolicy,
 )
-from keyswarm.actors.messages import Echo, EchoResult, Health
+from keyswarm.actors.messages import Echo, EchoResult, Health, HealthResult
+from keyswarm.cli import main as cli_main
+from keyswarm.client.errors import UnavailableError
+from keyswarm.client.sync import Client
 from keyswarm.crypto.handshake import ClientCredentials, ClientHandshake
 from keyswarm.crypto.session_keys import parse_frame
 from keyswarm.crypto.certificates import client_certificate
 from keyswarm.enrolment import TokenAccess, create_network, enrol_client, enrol_node, open_access
-from keyswarm.errors import ErrorCode
+from keyswarm.errors import AuthError, ErrorCode
 from keyswarm.storage.policy_bodies import PolicyRule
 from keyswarm.transport import frames
 from keyswarm.transport.codec import write_msgpack
@@ -45,7 +48,8 @@ MAX_BATCH_ITEMS = 4
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("security-pki")
     root = TokenAccess(spec=f"soft:{base / 'root.token'}")
-    create_network(root, network_name="security", out_dir=base)
+    # The root dates from ten days ago, so a client clock a few days back finds the root valid and the node not yet.
+    create_network(root, network_name="security", out_dir=base, now=datetime.now(timezone.utc) - timedelta(days=10))
     (base / "sn").mkdir()
     enrol_node(root, base / "root.pem", TokenAccess(spec=f"soft:{base / 'sn' / 'node.token'}"), name="sn",
                out_dir=base / "sn")
@@ -298,3 +302,84 @@ def test_twenty_thousand_half_open_handshakes_from_one_client_stay_bounded(node,
     other = connect("victim")
     other.handshake()
     assert value(other.call(Echo(payload=b"served"))).payload == b"served"
+
+
+# --- the node's certificate, seen by a client; node.revoke ----------------------------------------
+
+
+def _recording_signer(signed: list[bytes]):  # noqa: ANN202
+    def sign(data: bytes) -> bytes:
+        signed.append(data)
+        return b"x" * 64
+
+    return sign
+
+
+@pytest.mark.parametrize("skew_s, problem", [
+    (400 * 86_400.0, "expired"),  # past the node certificate's notAfter (365 days)
+    (-5 * 86_400.0, "not_yet_valid"),  # before its notBefore (the root is ten days old)
+])
+def test_a_client_whose_clock_is_outside_the_node_certificate_refuses_the_node_before_signing(
+    node, pki, skew_s: float, problem: str
+) -> None:
+    signed: list[bytes] = []
+    client_dir = pki["app1"]
+    with pytest.raises(AuthError) as info:
+        Client.connect(node.client_endpoint, root_certificate=client_dir / "root.pem",
+                       client_certificate=client_dir / "client.pem", key=_recording_signer(signed),
+                       timeout_s=5.0, retries=0, clock=lambda: time.time() + skew_s)
+    message = str(info.value)
+    assert f"certificate: {problem}" in message and "node certificate keyswarm://" in message, message
+    assert "/node/sn" in message, message
+    assert signed == [], "the client signed for a node it could not verify"
+
+
+def test_a_client_pinning_another_networks_root_refuses_the_node_before_signing(node, pki) -> None:
+    signed: list[bytes] = []
+    with pytest.raises(AuthError, match="wrong_network") as info:
+        Client.connect(node.client_endpoint, root_certificate=pki["other"] / "root.pem",
+                       client_certificate=pki["app1"] / "client.pem", key=_recording_signer(signed),
+                       timeout_s=5.0, retries=0)
+    assert "certificate" in str(info.value)
+    assert signed == []
+
+
+def _health(client: RawClient) -> HealthResult:
+    reply = client.plain(Health())
+    assert reply.ok, reply
+    return reply.value
+
+
+def test_node_revoke_closes_open_sessions_and_new_connections_get_unavailable(node, connect, pki, capsys) -> None:
+    victim, bystander = connect("victim"), connect("app1")
+    victim.handshake()
+    assert value(victim.call(Echo(payload=b"in"))).payload == b"in"
+    # A non-admin may not revoke a node.
+    bystander.handshake()
+    reply = bystander.call(RevokeNode(node="sn", client_request_id=os.urandom(16)))
+    assert reply.error.code is ErrorCode.FORBIDDEN, reply
+    # The admin revokes it from the command line.
+    boss = pki["boss"]
+    code = cli_main(["client", "--connect", node.client_endpoint, "--root-cert", str(boss / "root.pem"),
+                     "--cert", str(boss / "client.pem"), "--key", str(boss / "key.pem"), "--timeout", "5", "--json",
+                     "revoke-node", "sn", "--reason", "disk stolen"])
+    out = capsys.readouterr().out
+    assert code == 0 and '"revoked_node": "sn"' in out, (code, out)
+    deadline = time.monotonic() + 5.0
+    while (reply := victim.call(Echo(payload=b"still?"))).ok:  # durable, then folded: the sessions close
+        assert time.monotonic() < deadline, "a session on the revoked node still served after 5 s"
+        time.sleep(0.05)
+    assert reply.error.code is ErrorCode.UNAUTHENTICATED, reply
+    hello = connect("victim").plain(ClientHandshake(ClientCredentials(
+        root_certificate=x509.load_pem_x509_certificate((pki["victim"] / "root.pem").read_bytes()),
+        certificate=x509.load_pem_x509_certificate((pki["victim"] / "client.pem").read_bytes())
+        .public_bytes(serialization.Encoding.DER),
+    )).hello(os.urandom))
+    assert hello.error.code is ErrorCode.UNAVAILABLE and hello.error.retryable, hello
+    assert "this node is revoked: disk stolen" in hello.error.message, hello
+    with pytest.raises(UnavailableError, match="revoked"):
+        Client.connect(node.client_endpoint, root_certificate=pki["app1"] / "root.pem",
+                       client_certificate=pki["app1"] / "client.pem", key=pki["app1"] / "key.pem",
+                       timeout_s=5.0, retries=0)
+    shown = _health(connect("app1"))
+    assert shown.status == "degraded" and "disk stolen" in shown.conditions["revoked"], shown

@@ -167,7 +167,8 @@ def test_results_render_as_one_json_line() -> None:
 
     health = HealthResult(node="n1", status="ok", actors={"gateway": "running"}, uptime_s=1.23456)
     assert jsonable(health) == {"op": "health.result", "node": "n1", "status": "ok", "actors": {"gateway": "running"}, "uptime_s": 1.235,
-                              "token": "", "token_kind": "", "subkey": "", "subkey_serial": 0, "subkey_not_after_s": 0.0}
+                              "token": "", "token_kind": "", "subkey": "", "subkey_serial": 0, "subkey_not_after_s": 0.0,
+                              "conditions": {}}
     assert render_value(EchoResult(payload=b"hi", node="n2")) == '{"op": "echo.result", "payload": "hi", "node": "n2"}'
     assert jsonable(b"\xff\x00") == "base64:/wA="
 

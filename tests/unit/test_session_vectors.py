@@ -28,7 +28,7 @@ import msgpack
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -74,24 +74,32 @@ class Reference:
         return hmac.new(prk, b"keyswarm/v1 " + label.encode() + b"\x01", hashlib.sha256).digest()
 
     @staticmethod
-    def seal(key: bytes, direction: int, counter: int, plaintext: bytes, aad: bytes) -> bytes:
-        return ChaCha20Poly1305(key).encrypt(struct.pack(">IQ", direction, counter), plaintext, aad)
+    def seal(key: bytes, direction: int, counter: int, plaintext: bytes, aad: bytes, suite: int = 1) -> bytes:
+        aead = ChaCha20Poly1305(key) if suite == 1 else AESGCM(key)
+        return aead.encrypt(struct.pack(">IQ", direction, counter), plaintext, aad)
 
     @classmethod
     def handshake(cls, v: dict[str, bytes], *, node_signature: bytes | None = None,
                   client_signature: bytes | None = None, intermediates: tuple[bytes, ...] = (),
-                  welcome: list[object] | None = None) -> dict[str, bytes]:
+                  welcome: list[object] | None = None, suites: tuple[int, ...] = (2, 1)) -> dict[str, bytes]:
+        """`suites`: what the hello offers; the node takes the first (it speaks both)."""
         mix, out = cls.mix, {}
         client_e = X25519PrivateKey.from_private_bytes(v["client_ephemeral_private"])
         node_e = X25519PrivateKey.from_private_bytes(v["node_ephemeral_private"])
         client_pub, node_pub = client_e.public_key().public_bytes(*RAW), node_e.public_key().public_bytes(*RAW)
         hello = {"op": "handshake.hello", "versions": [1], "client_ephemeral": client_pub,
-                 "client_nonce": v["client_nonce"]}
+                 "client_nonce": v["client_nonce"], "suites": list(suites)}
         out["hello_frame"] = msgpack.packb([1, "q", 1, hello])
         h = hashlib.sha256(b"keyswarm/v1 handshake").digest()
-        for code, data in ((0x01, b"\x00\x01"), (0x02, client_pub), (0x03, v["client_nonce"]), (0x10, b"\x00\x01"),
-                           (0x11, v["handshake_id"]), (0x12, v["node_certificate"]),
-                           (0x13, v["subkey_certificate"]), (0x14, node_pub), (0x15, v["node_nonce"])):
+        items = [(0x01, b"\x00\x01"), (0x02, client_pub), (0x03, v["client_nonce"])]
+        if suites:  # offered suites, then the chosen one after the version
+            items += [(0x04, b"".join(s.to_bytes(2, "big") for s in suites)), (0x10, b"\x00\x01"),
+                      (0x17, suites[0].to_bytes(2, "big"))]
+        else:
+            items += [(0x10, b"\x00\x01")]
+        items += [(0x11, v["handshake_id"]), (0x12, v["node_certificate"]), (0x13, v["subkey_certificate"]),
+                  (0x14, node_pub), (0x15, v["node_nonce"])]
+        for code, data in items:
             h = mix(h, code, data)
         out["node_signed_hash"] = h
         signed = b"keyswarm/v1 node signature\x00" + h
@@ -121,9 +129,10 @@ class Reference:
         return out
 
     @classmethod
-    def frame(cls, key: bytes, direction: int, counter: int, session_id: bytes, plaintext: bytes) -> bytes:
+    def frame(cls, key: bytes, direction: int, counter: int, session_id: bytes, plaintext: bytes,
+              suite: int = 1) -> bytes:
         aad = b"\x01s" + struct.pack(">Q", counter) + session_id
-        return msgpack.packb([1, "s", counter, [session_id, cls.seal(key, direction, counter, plaintext, aad)]])
+        return msgpack.packb([1, "s", counter, [session_id, cls.seal(key, direction, counter, plaintext, aad, suite)]])
 
     @staticmethod
     def ticket(domain_key: bytes, epoch: int, nonce: bytes, body: list[object]) -> dict[str, bytes]:
@@ -154,7 +163,7 @@ class Reference:
 
 
 def ticket_body_fields(secret: bytes) -> list[object]:
-    return [NETWORK_ID, "app1", b"\x11" * 32, b"\x01\x02", b"\x22" * 32, T + 365 * 86400, T, T + 3600, secret]
+    return [NETWORK_ID, "app1", b"\x11" * 32, b"\x01\x02", b"\x22" * 32, T + 365 * 86400, T, T + 3600, secret, "n1"]
 
 
 def vectors() -> dict[str, dict[str, bytes]]:
@@ -167,10 +176,14 @@ def vectors() -> dict[str, dict[str, bytes]]:
     frames = {
         "session_id": INPUTS["session_id"], "c2s": hs["c2s"], "s2c": hs["s2c"],
         "request_plaintext": health,
-        "request_frame": Reference.frame(hs["c2s"], 1, 0, INPUTS["session_id"], health),
+        "request_frame": Reference.frame(hs["c2s"], 1, 0, INPUTS["session_id"], health, suite=2),
         "reply_plaintext": msgpack.packb({"ok": True, "op": "health.result", "id": 7}),
     }
-    frames["reply_frame"] = Reference.frame(hs["s2c"], 2, 300, INPUTS["session_id"], frames["reply_plaintext"])
+    frames["reply_frame"] = Reference.frame(hs["s2c"], 2, 300, INPUTS["session_id"], frames["reply_plaintext"],
+                                            suite=2)
+    # The same two frames in a ChaCha20-Poly1305 session (suite 1).
+    frames["request_frame_suite1"] = Reference.frame(hs["c2s"], 1, 0, INPUTS["session_id"], health)
+    frames["reply_frame_suite1"] = Reference.frame(hs["s2c"], 2, 300, INPUTS["session_id"], frames["reply_plaintext"])
     epoch = int(T // 3600)
     ticket = {"domain_key": DOMAIN_KEY, "epoch": struct.pack(">Q", epoch), "nonce": TICKET_NONCE} | Reference.ticket(
         DOMAIN_KEY, epoch, TICKET_NONCE, ticket_body_fields(hs["resumption_secret"]))
@@ -272,11 +285,13 @@ def public(private: bytes) -> bytes:
 
 def test_the_node_machine_and_the_codec_compute_the_handshake_vector() -> None:
     v, vec = INPUTS, vectors()["handshake"]
-    hello = Hello(versions=(1,), client_ephemeral=public(v["client_ephemeral_private"]), client_nonce=v["client_nonce"])
+    hello = Hello(versions=(1,), client_ephemeral=public(v["client_ephemeral_private"]), client_nonce=v["client_nonce"],
+                  suites=(2, 1))
     assert encode_request(1, hello) == vec["hello_frame"]
 
-    class Settings:  # the node machine reads only its versions before receive_auth
+    class Settings:  # the node machine reads only its versions and suites before receive_auth
         versions = (1,)
+        suites = (2, 1)
 
     node = NodeHandshake(Settings())  # type: ignore[arg-type]
     creds = NodeCredentials(node_certificate=v["node_certificate"], subkey_certificate=v["subkey_certificate"],
@@ -306,12 +321,14 @@ def test_the_node_machine_and_the_codec_compute_the_handshake_vector() -> None:
 
 def test_session_channels_compute_the_frame_vectors() -> None:
     vec = vectors()["frames"]
-    client = SessionChannel(vec["session_id"], c2s=vec["c2s"], s2c=vec["s2c"], client_side=True)
-    node = SessionChannel(vec["session_id"], c2s=vec["c2s"], s2c=vec["s2c"], client_side=False, next_counter=300)
-    assert client.seal(vec["request_plaintext"]) == vec["request_frame"]
-    assert node.seal(vec["reply_plaintext"]) == vec["reply_frame"]
-    assert node.open(vec["request_frame"]) == (0, vec["request_plaintext"])
-    assert client.open(vec["reply_frame"]) == (300, vec["reply_plaintext"])
+    for suite, tail in ((2, ""), (1, "_suite1")):
+        client = SessionChannel(vec["session_id"], c2s=vec["c2s"], s2c=vec["s2c"], client_side=True, suite=suite)
+        node = SessionChannel(vec["session_id"], c2s=vec["c2s"], s2c=vec["s2c"], client_side=False,
+                              next_counter=300, suite=suite)
+        assert client.seal(vec["request_plaintext"]) == vec["request_frame" + tail]
+        assert node.seal(vec["reply_plaintext"]) == vec["reply_frame" + tail]
+        assert node.open(vec["request_frame" + tail]) == (0, vec["request_plaintext"])
+        assert client.open(vec["reply_frame" + tail]) == (300, vec["reply_plaintext"])
 
 
 def test_tickets_compute_the_ticket_vector() -> None:
@@ -386,6 +403,7 @@ def test_a_real_handshake_matches_the_reference(tmp_path: Path) -> None:
             inputs, node_signature=challenge.signature, client_signature=signatures[0],
             intermediates=pair.who.intermediates,
             welcome=[mine.session_id, mine.expires_at_s, mine.ticket, mine.ticket_expires_at_s, "n1"],
+            suites=hello.suites,
         )
         assert ref["auth_sealed"] == seen["auth"].sealed, kind  # type: ignore[attr-defined]
         assert ref["welcome_sealed"] == seen["welcome"].sealed, kind  # type: ignore[attr-defined]
