@@ -202,8 +202,9 @@ class ClientIntake:
             self._bad(parts[0], 0, ErrorCode.BAD_REQUEST, "expected exactly one frame per request")
             return
         identity, data = parts
-        if len(data) > self._max_frame:
-            self._bad(identity, 0, ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes is over the limit of {self._max_frame}")
+        if len(data) > self._max_frame:  # answered under its id or counter, read from its first bytes
+            self._bad(identity, frames.peek_request_id(data), ErrorCode.TOO_LARGE,
+                      f"frame of {len(data)} bytes is over the limit of {self._max_frame}")
             return
         if data[:4] == SESSION_FRAME_PREFIX:
             self._on_session_frame(identity, data, now)

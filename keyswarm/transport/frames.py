@@ -177,6 +177,28 @@ def encode_request(request_id: int, msg: object) -> bytes:
     return _write([PROTOCOL_VERSION, "q", request_id, to_map(msg)], msg)
 
 
+_UINT_WIDTHS = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+
+
+def peek_request_id(data: bytes | bytearray | memoryview) -> int:
+    """The request id (a session frame's counter) of a frame too large to decode, read from its
+    first bytes alone; 0 when they are not `[1, "q" or "s", uint, ...]`.
+
+    So that a refusal of an oversized frame (TOO_LARGE) reaches the request
+    that sent it instead of leaving it to time out. Reads at most 13 bytes.
+    """
+    head = bytes(data[:13])
+    if len(head) < 5 or head[:3] != b"\x94\x01\xa1" or head[3] not in b"qs":
+        return 0
+    tag = head[4]
+    if tag < 0x80:
+        return tag
+    width = _UINT_WIDTHS.get(tag)
+    if width is None or len(head) < 5 + width:
+        return 0
+    return int.from_bytes(head[5 : 5 + width], "big")
+
+
 def decode_request(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> tuple[int, Any]:
     """(request_id, message) from a client request frame."""
     rid = None

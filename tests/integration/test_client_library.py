@@ -50,9 +50,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"base": base, "node": base / "c1", "client": base / "alice", "other": base / "other"}
 
 
-def start_node(node_factory: Callable, pki: dict[str, Path], healthy: Callable, context: zmq.Context):
+def start_node(node_factory: Callable, pki: dict[str, Path], healthy: Callable, context: zmq.Context,
+               **sections: dict):
     node_dir = pki["node"]
-    (node,) = node_factory(["c1"], token={
+    (node,) = node_factory(["c1"], **sections, token={
         "spec": f"soft:{node_dir / 'node.token'}",
         "node_certificate": str(node_dir / "node.pem"),
         "root_certificate": str(node_dir / "root.pem"),
@@ -376,3 +377,34 @@ def test_envelope_encryption_round_trips_and_follows_the_policy_of_its_named_key
         grant(node, "alice", ("env/**", ("decrypt",)))  # no datakey: no envelope
         with pytest.raises(E.ForbiddenError):
             client.encrypt_envelope(name, b"x")
+
+
+@pytest.mark.parametrize("suites", [(1,), (2,), None])
+def test_one_mebibyte_crosses_the_session_both_ways_in_each_suite(pki, node_factory, healthy, zmq_context,
+                                                                   suites) -> None:
+    """Large frames take the in-place sealing, copy-free parsing and zero-copy sends on both ends."""
+    from keyswarm.crypto.session_keys import preferred_suites
+
+    node = start_node(node_factory, pki, healthy, zmq_context, limits={"max_frame_bytes": 4 << 20})
+    with Client.connect(node.client_endpoint, **credentials(pki, suites=suites)) as client:
+        require_keys_actor(client)
+        assert client.session.channel.suite == (suites[0] if suites else preferred_suites()[0])
+        name = f"big/k{time.time_ns()}"
+        grant(node, "alice", ("big/**", ("key.create", "encrypt", "decrypt")))
+        client.create_key(name, "aes256-gcm")
+        data = bytes(range(256)) * 4096 + b"tail"
+        futures = [client.submit("encrypt", name, data, b"c") for _ in range(4)]  # pipelined: frames queue up
+        ciphertexts = [f.result(timeout=30) for f in futures]
+        assert len({bytes(c) for c in ciphertexts}) == 4
+        for ciphertext in ciphertexts:
+            assert client.decrypt(ciphertext, b"c") == data
+
+
+def test_a_frame_over_the_nodes_limit_gets_too_large_at_once_not_a_timeout(pki, node) -> None:
+    """The node reads the frame's counter from its first bytes, so the refusal reaches the request."""
+    with Client.connect(node.client_endpoint, **credentials(pki, timeout_s=30.0, retries=0)) as client:
+        started = time.monotonic()
+        with pytest.raises(E.TooLargeError, match="over the limit"):
+            client.encrypt("any/key", bytes(100_000))  # over 64 KiB, under 2x (past that libzmq drops the link)
+        assert time.monotonic() - started < 20.0  # answered, not timed out
+        assert client.health().node == "c1"  # the session is still good

@@ -398,3 +398,14 @@ near_miss_bodies = st.one_of(
        rid=st.one_of(request_ids, st.integers(INT_MIN, -1), any_msgpack), body=near_miss_bodies)
 def test_near_miss_frames_raise_only_decode_error(version: int, kind: str, rid: object, body: object) -> None:
     every_decoder(msgpack.packb([version, kind, rid, body]))
+
+
+def test_peek_request_id_reads_the_id_of_a_frame_too_large_to_decode() -> None:
+    from keyswarm.transport.frames import peek_request_id
+
+    for rid in (0, 1, 127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**64 - 1):
+        assert peek_request_id(msgpack.packb([1, "q", rid, {"op": "x"}])) == rid
+        assert peek_request_id(msgpack.packb([1, "s", rid, [bytes(16), bytes(16)]]) + bytes(100)) == rid
+    for junk in (b"", b"\x94", b"\x94\x01\xa1q", b"\x94\x01\xa1r\x05", b"\x93\x01\xa1q\x05", b"\x94\x02\xa1q\x05",
+                 b"\x94\x01\xa1q\xd0\x05", b"\x94\x01\xa1q\xcf\x00\x00", b"\x94\x01\xa1q\xc0", bytes(1000)):
+        assert peek_request_id(junk) == 0, junk
