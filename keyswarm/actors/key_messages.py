@@ -488,6 +488,8 @@ class KeyStatsResult:
     writes: int  # key-changing requests applied (durable)
     deduplicated: int  # retried writes answered without writing again
     partitions_loaded: int
+    auto_rotations: int = 0  # automatic rotations applied (also counted in `writes`)
+    auto_rotation_failures: int = 0  # automatic rotations that failed and wait for their retry
 
 
 # --- admin ----------------------------------------------------------------------------------

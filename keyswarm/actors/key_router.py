@@ -313,7 +313,8 @@ class KeyRouter(Actor):
             cache_hits=cache.hits if cache else 0, cache_misses=cache.misses if cache else 0,
             cache_evictions=cache.evictions if cache else 0, cache_expirations=cache.expirations if cache else 0,
             cache_size=cache.size if cache else 0, writes=stats.writes, deduplicated=stats.deduplicated,
-            partitions_loaded=stats.partitions_loaded,
+            partitions_loaded=stats.partitions_loaded, auto_rotations=stats.auto_rotations,
+            auto_rotation_failures=stats.auto_rotation_failures,
         )
 
 

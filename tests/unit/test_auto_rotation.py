@@ -32,6 +32,7 @@ from keyswarm.actors.key_messages import (
     EnableKey,
     Encrypt,
     GetKey,
+    GetKeyStats,
     KeyInfo,
     RotateKey,
 )
@@ -157,6 +158,8 @@ def test_a_key_rotates_once_its_period_has_passed_and_again_after_another(caplog
     node.advance(1)
     assert versions(node, "auto/k") == 3
     assert actor_of(node, "auto/k").stats.auto_rotations == 2
+    stats = node.request(GetKeyStats())  # what `keys.stats` reports over the wire
+    assert (stats.auto_rotations, stats.auto_rotation_failures) == (2, 0) and stats.writes >= 3
     for _ in range(10):  # ten more periods: one rotation each
         node.advance(HOUR)
     assert versions(node, "auto/k") == 13
