@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -317,6 +318,14 @@ class Client:
         """One sealed request and its sealed reply's value (RequestFailed for an error)."""
         self.send(self.seal(msg))
         return value_of(self.open(self.receive()[0]))
+
+
+def refused(call: Callable[[], object], code: ErrorCode) -> RequestFailed:
+    """`call()` fails with a `RequestFailed` of `code`; that failure."""
+    with pytest.raises(RequestFailed) as info:
+        call()
+    assert info.value.code is code, str(info.value)
+    return info.value
 
 
 def value_of(reply: frames.Reply) -> object:

@@ -29,7 +29,7 @@ from keyswarm.storage.chain import OriginChain, Signer, draft
 from keyswarm.storage.memory_log import MemoryLog
 from keyswarm.storage.policy_bodies import NodeRevoked, PolicyRule, PolicySet
 from keyswarm.transport import frames
-from session_node import ISSUED, Client, Pki, RequestFailed, build_pki, event, session_net
+from session_node import ISSUED, Client, Pki, build_pki, event, refused, session_net
 
 #: "short" expires 100 s into the simulation; "late" becomes valid 100 s into it.
 EXPIRES_AT_S = WALL_EPOCH_S + 100
@@ -46,13 +46,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                                 lifetime=lifetime, entropy=pki.rng.randbytes)
         pki.nodes[name] = (token, cert)
     return pki
-
-
-def refused(call, code: ErrorCode) -> RequestFailed:
-    with pytest.raises(RequestFailed) as info:
-        call()
-    assert info.value.code is code, str(info.value)
-    return info.value
 
 
 def health(client: Client, node: str) -> HealthResult:
@@ -87,10 +80,7 @@ def test_a_revoked_node_refuses_handshakes_and_resumptions_closes_sessions_and_s
     assert frames.decode_reply(client.receive()[0]).error.code is ErrorCode.UNAUTHENTICATED, hint
     assert len(net.actor().table) == 0, hint
     # A new client, and the old one's resumption: UNAVAILABLE, retryable, saying why.
-    client.rid += 1
-    client.send(frames.encode_request(client.rid, _hello(client)))
-    reply = frames.decode_reply(client.receive()[0])
-    assert reply.error.code is ErrorCode.UNAVAILABLE and reply.error.retryable, (reply, hint)
+    reply = hello_refused(client, "n1", hint)
     assert "this node is revoked: token stolen" in reply.error.message, reply
     error = refused(lambda: client.resume("n1"), ErrorCode.UNAVAILABLE)
     assert "revoked" in error.message
@@ -148,11 +138,7 @@ def test_a_node_whose_certificate_expires_while_it_runs_refuses_new_sessions(pki
     shown = health(client, "short")
     assert shown.status == "degraded" and "expired" in shown.conditions[CERTIFICATE_CONDITION], (shown, hint)
     late = Client(net, "app2", seed=2)
-    late.node = "short"
-    late.rid += 1
-    late.send(frames.encode_request(late.rid, _hello(late)))
-    reply = frames.decode_reply(late.receive()[0])
-    assert reply.error.code is ErrorCode.UNAVAILABLE and reply.error.retryable, (reply, hint)
+    reply = hello_refused(late, "short", hint)
     assert "node certificate expired" in reply.error.message, reply
     error = refused(lambda: client.resume("short"), ErrorCode.UNAVAILABLE)
     assert "expired" in error.message
@@ -162,11 +148,7 @@ def test_a_node_whose_certificate_is_not_yet_valid_refuses_until_it_is(pki: Pki,
     net = session_net(pki, sim_seed, nodes=("late",))
     hint = net.sim.replay_hint()
     client = Client(net, "app1", seed=1)
-    client.node = "late"
-    client.rid += 1
-    client.send(frames.encode_request(client.rid, _hello(client)), "late")
-    reply = frames.decode_reply(client.receive()[0])
-    assert reply.error.code is ErrorCode.UNAVAILABLE and reply.error.retryable, (reply, hint)
+    reply = hello_refused(client, "late", hint)
     assert "not valid before" in reply.error.message, reply
     shown = health(client, "late")
     assert shown.status == "degraded" and CERTIFICATE_CONDITION in shown.conditions, (shown, hint)
@@ -175,12 +157,18 @@ def test_a_node_whose_certificate_is_not_yet_valid_refuses_until_it_is(pki: Pki,
     client.handshake("late")
 
 
-def _hello(client: Client):  # noqa: ANN202
+def hello_refused(client: Client, node: str, hint: str) -> frames.Reply:
+    """A fresh hello from `client` to `node`, answered UNAVAILABLE (retryable): that reply."""
     from keyswarm.crypto.handshake import ClientCredentials, ClientHandshake
 
     machine = ClientHandshake(ClientCredentials(root_certificate=client.net.pki.root,
                                                certificate=client.who.certificate))
-    return machine.hello(client.entropy)
+    client.node = node
+    client.rid += 1
+    client.send(frames.encode_request(client.rid, machine.hello(client.entropy)), node)
+    reply = frames.decode_reply(client.receive()[0])
+    assert reply.error.code is ErrorCode.UNAVAILABLE and reply.error.retryable, (reply, hint)
+    return reply
 
 
 # --- the pure parts: the fold and the ticket check -------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from test_handshake import Net, Pair, net, refused  # noqa: F401 (net: the fixture)
 
-from keyswarm.crypto.handshake import ClientCredentials, ClientHandshake, NodeHandshake, PeerAuthFailed, VersionMismatch
+from keyswarm.crypto.handshake import ClientCredentials, ClientHandshake, PeerAuthFailed, VersionMismatch
 from keyswarm.crypto.resumption import ClientResumption, accept_resume
 from keyswarm.crypto.session_keys import (
     IN_PLACE_FROM_BYTES,

@@ -35,10 +35,10 @@ from keyswarm.transport.codec import write_msgpack
 from session_node import (
     Client,
     Pki,
-    RequestFailed,
     build_pki,
     event,
     policy,
+    refused,
     session_net,
 )
 
@@ -48,13 +48,6 @@ APP1 = PolicySet(client="app1", rules=(PolicyRule(pattern="app1/*", ops=("encryp
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return build_pki(tmp_path_factory.mktemp("sessions-pki"))
-
-
-def refused(call, code: ErrorCode) -> RequestFailed:
-    with pytest.raises(RequestFailed) as info:
-        call()
-    assert info.value.code is code, str(info.value)
-    return info.value
 
 
 # --- handshake and round trips --------------------------------------------------------------
