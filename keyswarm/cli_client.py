@@ -12,7 +12,9 @@ Rules:
 - `encrypt`, `decrypt`, `sign`, `verify`, `hmac` read their data from stdin;
   `encrypt` writes the text form `ks:v1:...` (one line) unless `--binary`;
   `decrypt` reads either form (text unless `--binary`) and writes the
-  plaintext bytes as they are.
+  plaintext bytes as they are. With `--envelope` (large data), `encrypt`
+  seals stdin in this process under a data key the node wraps and writes
+  the binary envelope, and `decrypt --envelope` opens one.
 - `--json` prints one JSON object per result (bytes as base64, version ids
   as hex).
 """
@@ -108,6 +110,11 @@ def add_session_operations(ops: argparse._SubParsersAction, connection: argparse
     for sub in (encrypt, decrypt, rewrap):
         sub.add_argument("--context", default="", help="associated context (UTF-8); decrypt needs the same")
         sub.add_argument("--binary", action="store_true", help="raw ciphertext bytes instead of the ks:v1: text form")
+    encrypt.add_argument("--envelope", action="store_true",
+                         help="for large data: seal stdin here under a data key NAME wraps and write the binary "
+                              "envelope (policy: datakey); docs/protocol.md 11.6")
+    decrypt.add_argument("--envelope", action="store_true",
+                         help="stdin is a binary envelope from encrypt --envelope (policy: decrypt on its key)")
     sign = ops.add_parser("sign", parents=[connection], help="sign stdin with NAME (prints base64)")
     sign.add_argument("name", metavar="NAME")
     sign.add_argument("--prehashed", action="store_true", help="stdin is the SHA-256 digest (ecdsa-p256)")
@@ -278,6 +285,12 @@ def _run(args: argparse.Namespace) -> int:
                         else:
                             for name in names:
                                 print(name)
+            case "encrypt" if args.envelope:
+                sealed = client.encrypt_envelope(args.name, _stdin(), args.context.encode("utf-8"))
+                _print_json({"envelope": base64.b64encode(sealed).decode("ascii")}) if as_json else _write(sealed)
+            case "decrypt" if args.envelope:
+                plaintext = client.decrypt_envelope(_stdin(), args.context.encode("utf-8"))
+                _print_json({"plaintext": plaintext}) if as_json else _write(plaintext)
             case "encrypt" | "rewrap":
                 if args.op == "encrypt":
                     ciphertext = client.encrypt(args.name, _stdin(), args.context.encode("utf-8"))

@@ -8,6 +8,7 @@ test_sessions_node.py. Key-operation tests run only once the node runs a
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import itertools
@@ -272,6 +273,18 @@ def test_key_commands_from_the_shell(pki, node) -> None:
     assert code in (1, 6), (code, err)
     assert cli("client", *auth, "key", "get", "app1/absent")[0] == 4
     assert cli("client", *auth, "encrypt", "app2/x", stdin=b"x")[0] == 5
+    # envelopes: sealed by the CLI under a data key the node wraps
+    data = bytes(range(256)) * 300
+    code, out, err = cli("client", *auth, "encrypt", name, "--envelope", "--context", "c", "--json", stdin=data)
+    assert code == 0, (code, out, err)
+    sealed = base64.b64decode(json.loads(out)["envelope"])
+    assert sealed[:4] == b"kse\x01"
+    code, out, err = cli("client", *auth, "decrypt", "--envelope", "--context", "c", "--json", stdin=sealed)
+    assert code == 0 and base64.b64decode(json.loads(out)["plaintext"]) == data, (code, err)
+    assert cli("client", *auth, "decrypt", "--envelope", "--context", "other", stdin=sealed)[0] == 6
+    assert cli("client", *auth, "decrypt", "--envelope", stdin=sealed[:-1] + bytes([sealed[-1] ^ 1]))[0] == 6
+    code, _, err = cli("client", *auth, "decrypt", "--envelope", stdin=b"ks:v1:not-an-envelope")
+    assert code == 1 and "not a keyswarm envelope" in err, (code, err)
 
 
 # --- the command line -------------------------------------------------------------------
