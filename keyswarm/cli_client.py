@@ -78,6 +78,9 @@ def add_session_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
                         help="environment variable holding the key file's passphrase")
     parser.add_argument("--yubikey-pin-env", metavar="VAR", default=default(None),
                         help="environment variable holding the YubiKey's PIN")
+    parser.add_argument("--revoked-certs", metavar="FILE", default=default(None),
+                        help="refuse node / sub-key certificates with these SHA-256 fingerprints (one per line, "
+                             "hex, colons allowed; # comments)")
     parser.add_argument("--json", action="store_true", default=default(False), help="print results as JSON")
     parser.add_argument("--retries", type=int, metavar="N", default=default(3),
                         help="retries of retryable errors and timeouts (default 3)")
@@ -186,7 +189,33 @@ def _connect(args: argparse.Namespace) -> Any:
         pin = _env(args.yubikey_pin_env, "--yubikey-pin-env") if args.yubikey_pin_env else None
         key, passphrase = slot_9a_signer(args.yubikey, pin), None
     return Client.connect(args.connect, root_certificate=args.root_cert, client_certificate=args.cert, key=key,
-                          passphrase=passphrase, timeout_s=args.timeout, retries=args.retries)
+                          passphrase=passphrase, timeout_s=args.timeout, retries=args.retries,
+                          revoked_certificates=_revoked_list(args.revoked_certs))
+
+
+#: A revocation list file larger than this is refused (a fingerprint line is ~100 bytes).
+MAX_REVOKED_LIST_BYTES = 4 * 1024 * 1024
+
+
+def _revoked_list(path: str | None) -> list[str]:
+    """The fingerprints of a `--revoked-certs` file: one per line, blank lines and # comments skipped."""
+    if not path:
+        return []
+    from keyswarm.client.session import CredentialsError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_REVOKED_LIST_BYTES + 1)
+    except OSError as exc:
+        raise CredentialsError(f"--revoked-certs {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_REVOKED_LIST_BYTES:
+        raise CredentialsError(f"--revoked-certs {path}: over {MAX_REVOKED_LIST_BYTES} bytes")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise CredentialsError(f"--revoked-certs {path}: not ASCII text") from None
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line.removeprefix("sha256 Fingerprint=").removeprefix("SHA256 Fingerprint=") for line in lines if line]
 
 
 def _env(name: str, option: str) -> str:

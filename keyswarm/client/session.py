@@ -32,7 +32,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,28 @@ class _Pending:
     counter: int = -1
 
 
+def revoked_fingerprints(entries: Collection[bytes | str]) -> frozenset[bytes]:
+    """SHA-256 certificate fingerprints from bytes or hex (colons and case as openssl prints them);
+    CredentialsError naming the first entry that is neither."""
+    if isinstance(entries, (str, bytes)):
+        raise CredentialsError("revoked_certificates is a collection of fingerprints, not one string")
+    out = set()
+    for entry in entries:
+        if isinstance(entry, bytes) and len(entry) == 32:
+            out.add(entry)
+            continue
+        text = entry.replace(":", "").strip() if isinstance(entry, str) else ""
+        try:
+            value = bytes.fromhex(text)
+        except ValueError:
+            value = b""
+        if len(value) != 32:
+            raise CredentialsError(f"revoked certificate {str(entry)[:80]!r} is not a SHA-256 fingerprint "
+                                   "(64 hex digits, colons allowed)")
+        out.add(value)
+    return frozenset(out)
+
+
 class _Expired(Exception):
     """A request's timer fired before its answer came."""
 
@@ -169,6 +191,8 @@ class AsyncClient:
 
     #: Wall seconds the node's chain is verified at (`connect(clock=...)`: a test, a host with a skewed clock).
     clock: Callable[[], float] = staticmethod(time.time)
+    #: Fingerprints of node / sub-key certificates refused at the handshake (`connect(revoked_certificates=...)`).
+    revoked: frozenset[bytes] = frozenset()
 
     def __init__(
         self,
@@ -227,8 +251,14 @@ class AsyncClient:
         zmq_context: zmq.asyncio.Context | None = None,
         suites: tuple[int, ...] | None = None,
         clock: Callable[[], float] | None = None,
+        revoked_certificates: Collection[bytes | str] = (),
     ) -> AsyncClient:
-        """Connect and authenticate (full handshake). `key`: a key file path (+ `passphrase`), a Token, or a signer."""
+        """Connect and authenticate (full handshake). `key`: a key file path (+ `passphrase`), a Token, or a signer.
+
+        `revoked_certificates`: SHA-256 fingerprints (32 bytes, or hex, colons allowed as `openssl x509
+        -fingerprint -sha256` prints them) of node or sub-key certificates this client refuses, whatever
+        the node says: a revoked node that is compromised would not refuse its own clients
+        (docs/operations.md, "Revoking a node")."""
         root = _certificate(root_certificate, "root certificate")
         own = _certificate(client_certificate, "client certificate")
         der = serialization.Encoding.DER
@@ -239,8 +269,10 @@ class AsyncClient:
             )
         except (ValueError, KeyswarmError) as exc:
             raise CredentialsError(f"client credentials: {exc}") from exc
+        revoked = revoked_fingerprints(revoked_certificates)
         client = cls(endpoint, credentials=credentials, signer=_signer_of(key, passphrase), timeout_s=timeout_s,
                      retries=retries, zmq_context=zmq_context, suites=suites)
+        client.revoked = revoked
         if clock is not None:
             client.clock = clock  # type: ignore[method-assign]
         try:
@@ -423,7 +455,8 @@ class AsyncClient:
     async def _handshake(self) -> ClientSession:
         machine = ClientHandshake(self._credentials, suites=self.suites)
         challenge = await self._plain_call(machine.hello(os.urandom))
-        to_sign = machine.receive_challenge(challenge, now=self.clock())  # verifies the node before we sign
+        # verifies the node (and that it is not one we were told is revoked) before we sign
+        to_sign = machine.receive_challenge(challenge, now=self.clock(), revoked=self.revoked)
         signature = await asyncio.get_running_loop().run_in_executor(None, self._signer, to_sign)
         welcome = await self._plain_call(machine.auth(signature))
         session = machine.receive_welcome(welcome)

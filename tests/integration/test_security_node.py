@@ -344,6 +344,42 @@ def test_a_client_pinning_another_networks_root_refuses_the_node_before_signing(
     assert signed == []
 
 
+def test_a_client_told_the_node_certificate_is_revoked_refuses_it_before_signing(node, pki, tmp_path, capsys) -> None:
+    """A compromised node would not refuse its own clients: a client given the node certificate's
+    fingerprint refuses the node itself, during the handshake, before its token signs anything."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate((pki["sn"] / "node.pem").read_bytes())
+    fingerprint = cert.fingerprint(hashes.SHA256())
+    signed: list[bytes] = []
+    with pytest.raises(AuthError, match="revoked") as info:
+        Client.connect(node.client_endpoint, root_certificate=pki["app1"] / "root.pem",
+                       client_certificate=pki["app1"] / "client.pem", key=_recording_signer(signed),
+                       timeout_s=5.0, retries=0, revoked_certificates=[fingerprint.hex()])
+    assert "node certificate" in str(info.value) and signed == []
+    # Another certificate's fingerprint changes nothing.
+    with Client.connect(node.client_endpoint, root_certificate=pki["app1"] / "root.pem",
+                        client_certificate=pki["app1"] / "client.pem", key=pki["app1"] / "key.pem",
+                        timeout_s=5.0, revoked_certificates=[bytes(32)]) as client:
+        assert client.health().node == "sn"
+    # From the shell: a list as `openssl x509 -fingerprint -sha256` prints it; a bad list is exit 3.
+    app = pki["app1"]
+    auth = ["client", "--connect", node.client_endpoint, "--root-cert", str(app / "root.pem"), "--cert",
+            str(app / "client.pem"), "--key", str(app / "key.pem"), "--retries", "0"]
+    listing = tmp_path / "revoked.txt"
+    openssl_form = ":".join(f"{b:02X}" for b in fingerprint)
+    listing.write_text(f"# revoked nodes\n\nsha256 Fingerprint={openssl_form}\n")
+    assert cli_main([*auth, "--revoked-certs", str(listing), "key", "list"]) == 3
+    assert "revoked" in capsys.readouterr().err
+    for bad in ("not-hex\n", "ab" * 31 + "\n", "\xff\n"):
+        listing.write_bytes(bad.encode("latin-1"))
+        assert cli_main([*auth, "--revoked-certs", str(listing), "key", "list"]) == 3, bad
+        err = capsys.readouterr().err
+        assert "not a SHA-256 fingerprint" in err or "not ASCII" in err, err
+    assert cli_main([*auth, "--revoked-certs", str(tmp_path / "absent"), "key", "list"]) == 3
+
+
 def _health(client: RawClient) -> HealthResult:
     reply = client.plain(Health())
     assert reply.ok, reply
