@@ -149,6 +149,7 @@ class SessionSettings:
                 root_certificate=root_certificate,
                 session_ttl_s=sessions.session_ttl_s,
                 ticket_lifetime_s=sessions.session_ttl_s,
+                max_frame_bytes=limits.max_frame_bytes,
             ),
             node_certificate_der=node_certificate_der,
             ticket_keys=TicketKeys(domain_key) if domain_key is not None else None,

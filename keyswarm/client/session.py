@@ -49,6 +49,7 @@ from keyswarm.actors.messages import Health, HealthResult
 from keyswarm.client.errors import (
     ClientError,
     RequestTimeout,
+    TooLargeError,
     UnavailableError,
     error_from,
 )
@@ -411,9 +412,14 @@ class AsyncClient:
         self._next_rid += 1
         future = asyncio.get_running_loop().create_future()
         counter = session.channel.next_counter
+        frame = session.channel.seal(frames.encode_request(rid, msg))
+        limit = session.max_frame_bytes
+        if limit and len(frame) > limit:  # the node would refuse it, or libzmq drop the link: say so here
+            raise TooLargeError(f"the request's frame of {len(frame)} bytes is over the frame limit of node "
+                                f"{session.node!r} ({limit} bytes); split it, or use encrypt_envelope for bulk data")
         self._pending[rid] = _Pending(future, counter)
         self._counters[counter] = rid
-        await self._send(session.channel.seal(frames.encode_request(rid, msg)), timeout_s)
+        await self._send(frame, timeout_s)
 
         def cleanup() -> None:
             self._pending.pop(rid, None)

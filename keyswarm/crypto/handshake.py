@@ -186,6 +186,8 @@ class NodeSettings:
     versions: tuple[int, ...] = HANDSHAKE_VERSIONS
     #: Session suites this node speaks; it takes the client's first choice among them.
     suites: tuple[int, ...] = (SUITE_AES256_GCM, SUITE_CHACHA20_POLY1305)
+    #: The node's frame limit, told to clients in the welcome (0: not told).
+    max_frame_bytes: int = 0
     network_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -216,6 +218,7 @@ class ClientSession:
     ticket_expires_at_s: float
     resumption_secret: bytes = field(repr=False)
     node: str
+    max_frame_bytes: int = 0  # the node's frame limit from the welcome (0: not told)
 
     @property
     def session_id(self) -> bytes:
@@ -546,6 +549,7 @@ def establish_session(
         ticket=ticket,
         ticket_expires_at_s=ticket_expires_at_s,
         node=settings.node_name,
+        max_frame_bytes=settings.max_frame_bytes,
     )
     sealed = seal_message(hs_s2c, S2C, encode(welcome), aad)
     session = Session(session_id, c2s=c2s, s2c=s2c, client=identity, expires_at_s=expires_at_s, suite=suite)
@@ -574,6 +578,7 @@ def client_session(prk: bytes, body: WelcomeBody, suite: int = DEFAULT_SUITE) ->
         ticket_expires_at_s=body.ticket_expires_at_s,
         resumption_secret=expand_label(prk, "resumption"),
         node=body.node,
+        max_frame_bytes=body.max_frame_bytes if type(body.max_frame_bytes) is int and body.max_frame_bytes > 0 else 0,
     )
 
 

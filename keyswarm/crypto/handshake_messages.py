@@ -247,3 +247,4 @@ class WelcomeBody:
     ticket: bytes  # resumption ticket, opaque; b"" when the node issues none
     ticket_expires_at_s: float  # 0.0 when there is no ticket
     node: str  # the name of the node that holds the session
+    max_frame_bytes: int = 0  # the largest frame the node takes (0: not said); a client refuses larger ones itself

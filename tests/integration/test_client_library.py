@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -414,10 +415,27 @@ def test_one_mebibyte_crosses_the_session_both_ways_in_each_suite(pki, node_fact
 
 
 def test_a_frame_over_the_nodes_limit_gets_too_large_at_once_not_a_timeout(pki, node) -> None:
-    """The node reads the frame's counter from its first bytes, so the refusal reaches the request."""
+    """The node reads the frame's counter from its first bytes, so the refusal reaches the request
+    (here a client not told the limit, as with a node that does not say it in its welcome)."""
     with Client.connect(node.client_endpoint, **credentials(pki, timeout_s=30.0, retries=0)) as client:
+        inner = client.async_client
+        inner.session = dataclasses.replace(inner.session, max_frame_bytes=0)
         started = time.monotonic()
         with pytest.raises(E.TooLargeError, match="over the limit"):
             client.encrypt("any/key", bytes(100_000))  # over 64 KiB, under 2x (past that libzmq drops the link)
         assert time.monotonic() - started < 20.0  # answered, not timed out
         assert client.health().node == "c1"  # the session is still good
+
+
+def test_a_request_over_the_nodes_frame_limit_is_refused_by_the_client_itself(pki, node) -> None:
+    """The welcome tells the client the node's frame limit, so even a frame past libzmq's 2x cut-off
+    (which would drop the link and leave the request to time out) fails at once, and nothing is sent."""
+    with Client.connect(node.client_endpoint, **credentials(pki, timeout_s=30.0, retries=0)) as client:
+        assert client.session.max_frame_bytes == 64 * 1024  # the test nodes' limit
+        sent_before = client.session.channel.next_counter
+        started = time.monotonic()
+        with pytest.raises(E.TooLargeError, match=r"over the frame limit of node 'c1' \(65536 bytes\)"):
+            client.encrypt("any/key", bytes(1 << 20))
+        assert time.monotonic() - started < 5.0
+        assert client.health().node == "c1"  # the session is still good
+        assert client.session.channel.next_counter == sent_before + 2  # the refused frame's counter, then health

@@ -56,6 +56,7 @@ DOMAIN_KEY = bytes(range(0xA0, 0xC0))
 TICKET_NONCE = bytes(range(0xC0, 0xCC))
 NETWORK_ID = "00112233445566778899aabbccddeeff"
 RESUMED_SESSION_ID = bytes(range(96, 112))
+MAX_FRAME = 16 * 1024 * 1024  # the welcome tells the client the node's frame limit
 
 
 class Reference:
@@ -123,7 +124,7 @@ class Reference:
         out["final_hash"] = h = mix(h, 0x22, client_signature)
         prk = cls.extract(h, dh)
         out["c2s"], out["s2c"], out["resumption_secret"] = (cls.expand(prk, x) for x in ("c2s", "s2c", "resumption"))
-        body = welcome or [v["session_id"], T + 3600, b"", 0.0, "n1"]
+        body = welcome or [v["session_id"], T + 3600, b"", 0.0, "n1", MAX_FRAME]
         out["welcome_body"] = msgpack.packb([0x0708, *body])
         out["welcome_sealed"] = cls.seal(out["hs_s2c"], 2, 0, out["welcome_body"], h)
         return out
@@ -188,7 +189,7 @@ def vectors() -> dict[str, dict[str, bytes]]:
     ticket = {"domain_key": DOMAIN_KEY, "epoch": struct.pack(">Q", epoch), "nonce": TICKET_NONCE} | Reference.ticket(
         DOMAIN_KEY, epoch, TICKET_NONCE, ticket_body_fields(hs["resumption_secret"]))
     resume = {"ticket": ticket["ticket"], "resumption_secret": hs["resumption_secret"]} | Reference.resume(
-        INPUTS, ticket["ticket"], hs["resumption_secret"], welcome=[RESUMED_SESSION_ID, T + 3660, b"", 0.0, "n2"])
+        INPUTS, ticket["ticket"], hs["resumption_secret"], welcome=[RESUMED_SESSION_ID, T + 3660, b"", 0.0, "n2", MAX_FRAME])
     return {"handshake": handshake, "frames": frames, "ticket": ticket, "resume": resume}
 
 
@@ -314,7 +315,7 @@ def test_the_node_machine_and_the_codec_compute_the_handshake_vector() -> None:
     assert direction_keys(prk) == (vec["c2s"], vec["s2c"])
     assert expand_label(prk, "resumption") == vec["resumption_secret"]
     welcome = WelcomeBody(session_id=v["session_id"], expires_at_s=T + 3600, ticket=b"", ticket_expires_at_s=0.0,
-                          node="n1")
+                          node="n1", max_frame_bytes=MAX_FRAME)
     assert encode(welcome) == vec["welcome_body"]
     assert seal_message(vec["hs_s2c"], S2C, vec["welcome_body"], vec["final_hash"]) == vec["welcome_sealed"]
 
@@ -352,7 +353,7 @@ def test_the_client_resumption_machine_computes_the_resume_vector() -> None:
     reply = Resumed(version=1, node_ephemeral=public(v["node_ephemeral_private"]), node_nonce=v["node_nonce"],
                     sealed=vec["welcome_sealed"])
     session = client.receive_resumed(reply)
-    assert session.session_id == RESUMED_SESSION_ID and session.node == "n2"
+    assert session.session_id == RESUMED_SESSION_ID and session.node == "n2" and session.max_frame_bytes == MAX_FRAME
     assert session.channel.keys == vec["c2s"] + vec["s2c"] and session.resumption_secret == vec["resumption"]
 
 
@@ -402,7 +403,8 @@ def test_a_real_handshake_matches_the_reference(tmp_path: Path) -> None:
         ref = Reference.handshake(
             inputs, node_signature=challenge.signature, client_signature=signatures[0],
             intermediates=pair.who.intermediates,
-            welcome=[mine.session_id, mine.expires_at_s, mine.ticket, mine.ticket_expires_at_s, "n1"],
+            welcome=[mine.session_id, mine.expires_at_s, mine.ticket, mine.ticket_expires_at_s, "n1",
+                     mine.max_frame_bytes],
             suites=hello.suites,
         )
         assert ref["auth_sealed"] == seen["auth"].sealed, kind  # type: ignore[attr-defined]
@@ -426,7 +428,8 @@ def test_a_real_resumption_matches_the_reference(tmp_path: Path) -> None:
     inputs = {"client_ephemeral_private": client_draws.draws[0], "node_ephemeral_private": node_draws.draws[0],
               "client_nonce": msg.client_nonce, "node_nonce": reply.node_nonce}
     ref = Reference.resume(inputs, held.ticket, held.resumption_secret,
-                           welcome=[mine.session_id, mine.expires_at_s, mine.ticket, mine.ticket_expires_at_s, "n1"])
+                           welcome=[mine.session_id, mine.expires_at_s, mine.ticket, mine.ticket_expires_at_s, "n1",
+                                    mine.max_frame_bytes])
     assert ref["welcome_sealed"] == reply.sealed
     assert mine.channel.keys == ref["c2s"] + ref["s2c"] == theirs.keys[32:] + theirs.keys[:32]
     assert mine.resumption_secret == ref["resumption"]
