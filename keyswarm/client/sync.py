@@ -21,6 +21,8 @@ import concurrent.futures
 import threading
 from typing import Any
 
+import uvloop
+
 from keyswarm.client.session import OPERATIONS, AsyncClient
 
 #: Longest a blocking call waits beyond the client's own timeouts and retries (a stuck loop).
@@ -31,7 +33,9 @@ class Client:
     """A blocking authenticated client; `Client.connect(...)` takes `AsyncClient.connect`'s arguments."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
+        # uvloop (a dependency; the node runs on it too): its futures and reader callbacks cost about
+        # a fifth less CPU per request than asyncio's own loop (bench/service.py --loop).
+        self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="keyswarm-client", daemon=True)
         self._thread.start()
         self._client: AsyncClient | None = None
