@@ -183,12 +183,12 @@ def make_pki(base: Path) -> dict[str, Path]:
             "device": device}
 
 
-def write_node_config(pki: dict[str, Path], client_port: int, peer_port: int) -> Path:
+def write_node_config(pki: dict[str, Path], client_port: int, peer_port: int, client_endpoint: str = "") -> Path:
     q = json.dumps
     n1 = pki["n1"]
     (n1 / "data").mkdir(mode=0o700)
     text = "\n".join([
-        "[node]", 'id = "n1"', f"client_endpoint = {q(f'tcp://127.0.0.1:{client_port}')}",
+        "[node]", 'id = "n1"', f"client_endpoint = {q(client_endpoint or f'tcp://127.0.0.1:{client_port}')}",
         f"peer_endpoint = {q(f'tcp://127.0.0.1:{peer_port}')}", f"data_dir = {q(str(n1 / 'data'))}", "",
         "[token]", f"spec = {q('soft:' + str(n1 / 'node.token'))}", f"node_certificate = {q(str(n1 / 'node.pem'))}",
         f"root_certificate = {q(str(n1 / 'root.pem'))}", f"domain_key = {q(str(n1 / 'domain-key.sealed'))}", "",
@@ -586,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-bare", metavar="ENDPOINT", help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="the client harness's event loop (default uvloop, as the node and the sync client use)")
+    parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
+                        help="how the client reaches the node (and the bare server): TCP loopback (default) or an "
+                             "ipc:// Unix socket")
     parser.add_argument("--only", metavar="GROUPS",
                         help="comma-separated subset of encrypt,decrypt,batch,bulk,keyops,auth,sessions "
                              "(the results file then holds only those)")
@@ -603,13 +606,16 @@ def main(argv: list[str] | None = None) -> int:
     from keyswarm.node.local_network import find_free_base_port, spawn_node
 
     base_port = find_free_base_port(2)
-    endpoint = f"tcp://127.0.0.1:{base_port + 1}"
-    bare_endpoint = f"tcp://127.0.0.1:{base_port + 2}"
     tmp = Path(tempfile.mkdtemp(prefix="keyswarm-bench-service-"))
+    if args.transport == "ipc":  # same-host clients over a Unix socket instead of TCP loopback
+        endpoint, bare_endpoint = f"ipc://{tmp}/n1.sock", f"ipc://{tmp}/bare.sock"
+    else:
+        endpoint = f"tcp://127.0.0.1:{base_port + 1}"
+        bare_endpoint = f"tcp://127.0.0.1:{base_port + 2}"
     node_proc = bare_proc = None
     try:
         pki = make_pki(tmp)
-        config = write_node_config(pki, base_port + 1, base_port + 101)
+        config = write_node_config(pki, base_port + 1, base_port + 101, endpoint)
         log = tmp / "node.log"
         node_proc = spawn_node(str(config), str(log), log_level="warning")
         bare_proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-bare", bare_endpoint],
