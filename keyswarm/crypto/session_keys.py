@@ -65,7 +65,7 @@ from keyswarm.transport.codec import (
     wire_type_name,
     write_msgpack,
 )
-from keyswarm.transport.frames import PROTOCOL_VERSION, SUPPORTED_VERSIONS
+from keyswarm.transport.frames import PROTOCOL_VERSION, SUPPORTED_VERSIONS, UINT_WIDTHS
 
 KEY_BYTES = 32
 SESSION_ID_BYTES = 16
@@ -387,7 +387,7 @@ def _parse_large(data: bytes | bytearray | memoryview) -> tuple[int, bytes, memo
     if tag < 0x80:
         counter, at = tag, 5
     else:
-        width = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(tag)
+        width = UINT_WIDTHS.get(tag)
         if width is None:
             return None
         counter, at = int.from_bytes(view[5 : 5 + width], "big"), 5 + width

@@ -177,7 +177,8 @@ def encode_request(request_id: int, msg: object) -> bytes:
     return _write([PROTOCOL_VERSION, "q", request_id, to_map(msg)], msg)
 
 
-_UINT_WIDTHS = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+#: msgpack's uint tags and their widths in bytes (uint8 .. uint64).
+UINT_WIDTHS = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
 
 
 def peek_request_id(data: bytes | bytearray | memoryview) -> int:
@@ -193,7 +194,7 @@ def peek_request_id(data: bytes | bytearray | memoryview) -> int:
     tag = head[4]
     if tag < 0x80:
         return tag
-    width = _UINT_WIDTHS.get(tag)
+    width = UINT_WIDTHS.get(tag)
     if width is None or len(head) < 5 + width:
         return 0
     return int.from_bytes(head[5 : 5 + width], "big")
