@@ -29,6 +29,7 @@ Rules (docs/protocol.md sections 4, 5, 11.5 and 12; docs/client.md):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import time
@@ -60,6 +61,7 @@ from keyswarm.crypto.session_keys import open_parsed, parse_frame, preferred_sui
 from keyswarm.errors import AuthError, DecodeError, ErrorCode, KeyswarmError
 from keyswarm.storage.policy_bodies import PolicyRule
 from keyswarm.transport import frames
+from keyswarm.transport.codec import DEFAULT_LIMITS
 
 #: Plain request ids start here; session counters stay far below.
 _PLAIN_BASE = 2**62
@@ -205,9 +207,14 @@ class AsyncClient:
         retries: int = 3,
         zmq_context: zmq.asyncio.Context | None = None,
         suites: tuple[int, ...] | None = None,
+        max_frame_bytes: int = DEFAULT_LIMITS.max_frame_bytes,
     ):
         if retries < 0 or not timeout_s > 0:
             raise ValueError("retries must be >= 0 and timeout_s positive")
+        if not 1024 <= max_frame_bytes <= 1 << 30:
+            raise ValueError("max_frame_bytes must be 1 KiB .. 1 GiB")
+        self.limits = dataclasses.replace(DEFAULT_LIMITS, max_frame_bytes=max_frame_bytes,
+                                          max_bin_bytes=max(max_frame_bytes, DEFAULT_LIMITS.max_bin_bytes))
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.retries = retries
@@ -221,6 +228,9 @@ class AsyncClient:
         # does: a zmq.asyncio recv or send costs a future per message, more than the message.
         self._sock = zmq.Socket(self._context, zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # A node's frame larger than ours is never read into memory: libzmq drops that link (as the
+        # node does for clients, zmq_sockets.client_router); up to it, the codec checks every frame.
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         self._sock.connect(endpoint)
         self._loop = asyncio.get_running_loop()
         self._next_plain = _PLAIN_BASE
@@ -251,6 +261,7 @@ class AsyncClient:
         retries: int = 3,
         zmq_context: zmq.asyncio.Context | None = None,
         suites: tuple[int, ...] | None = None,
+        max_frame_bytes: int = DEFAULT_LIMITS.max_frame_bytes,
         clock: Callable[[], float] | None = None,
         revoked_certificates: Collection[bytes | str] = (),
     ) -> AsyncClient:
@@ -272,7 +283,7 @@ class AsyncClient:
             raise CredentialsError(f"client credentials: {exc}") from exc
         revoked = revoked_fingerprints(revoked_certificates)
         client = cls(endpoint, credentials=credentials, signer=_signer_of(key, passphrase), timeout_s=timeout_s,
-                     retries=retries, zmq_context=zmq_context, suites=suites)
+                     retries=retries, zmq_context=zmq_context, suites=suites, max_frame_bytes=max_frame_bytes)
         client.revoked = revoked
         if clock is not None:
             client.clock = clock  # type: ignore[method-assign]
@@ -329,13 +340,13 @@ class AsyncClient:
 
     def _dispatch(self, data: bytes) -> None:
         if data[:4] == _SESSION_PREFIX:  # [1, "s", ...]: an in-session frame
-            counter, session_id, ciphertext = parse_frame(data)
+            counter, session_id, ciphertext = parse_frame(data, limits=self.limits)
             channel = self._channels.get(session_id)
             if channel is None:
                 self.stats["late_replies"] += 1
                 return
             _counter, plaintext = open_parsed(channel, counter, session_id, ciphertext, window=channel)
-            reply = frames.decode_reply(plaintext)
+            reply = frames.decode_reply(plaintext, limits=self.limits)
             pending = self._pending.pop(reply.request_id, None)
             if pending is None:
                 self.stats["late_replies"] += 1
@@ -344,7 +355,7 @@ class AsyncClient:
             if not pending.future.done():
                 pending.future.set_result(reply)
             return
-        reply = frames.decode_reply(data)
+        reply = frames.decode_reply(data, limits=self.limits)
         waiter = self._plain.pop(reply.request_id, None)
         if waiter is not None:
             if not waiter.done():

@@ -22,6 +22,7 @@ import pytest
 import zmq
 
 import keyswarm.actors.key_messages as km
+from keyswarm.actors.messages import EchoResult
 from keyswarm.cli import main
 from keyswarm.client import errors as E
 from keyswarm.client.session import AsyncClient
@@ -439,3 +440,31 @@ def test_a_request_over_the_nodes_frame_limit_is_refused_by_the_client_itself(pk
         assert time.monotonic() - started < 5.0
         assert client.health().node == "c1"  # the session is still good
         assert client.session.channel.next_counter == sent_before + 2  # the refused frame's counter, then health
+
+
+def test_a_hostile_endpoint_cannot_make_the_client_buffer_a_frame_over_its_limit(pki, zmq_context) -> None:
+    """A 'node' answering the hello with 8 MiB to a client whose frame limit is 1 MiB: libzmq drops the
+    link without buffering it (MAXMSGSIZE) and the hello times out; a bad limit is refused up front."""
+    hostile = zmq_context.socket(zmq.ROUTER)
+    hostile.setsockopt(zmq.LINGER, 0)
+    port = hostile.bind_to_random_port("tcp://127.0.0.1")
+
+    async def run() -> None:
+        attempt = asyncio.ensure_future(AsyncClient.connect(
+            f"tcp://127.0.0.1:{port}", **credentials(pki, timeout_s=1.0, retries=0, max_frame_bytes=1 << 20)))
+        loop = asyncio.get_running_loop()
+        got = await loop.run_in_executor(None, hostile.poll, 5000)
+        assert got, "no hello reached the hostile endpoint"
+        identity, hello = hostile.recv_multipart()
+        rid = frames.decode_request(hello)[0]
+        hostile.send_multipart([identity, frames.encode_reply(rid, EchoResult(payload=bytes(8 << 20), node="x"))])
+        with pytest.raises(E.RequestTimeout):
+            await attempt
+
+    try:
+        asyncio.run(run())
+    finally:
+        hostile.close(linger=0)
+    for bad in (0, 1023, (1 << 30) + 1):
+        with pytest.raises(ValueError, match="max_frame_bytes"):
+            Client.connect("tcp://127.0.0.1:1", **credentials(pki, max_frame_bytes=bad))
