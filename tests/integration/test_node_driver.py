@@ -10,6 +10,7 @@ import dataclasses
 import threading
 import time
 
+import psutil
 import pytest
 import zmq
 
@@ -48,19 +49,21 @@ def wait_for(predicate, timeout_s: float = 5.0, what: str = "condition") -> None
 
 
 class SlowCounter:
-    """A counter service whose every request takes 0.3 s; says when it starts one."""
+    """A counter service that says when it starts a request and answers once `release` is set
+    (at most 5 s later: a test that forgets it still ends)."""
 
     name = COUNTER_SERVICE
 
     def __init__(self) -> None:
         self.started = threading.Event()
+        self.release = threading.Event()
         self.value = 0
         self.closed = False
 
     def handle(self, request: object) -> object:
         assert type(request) is CounterIncrement
         self.started.set()
-        time.sleep(0.3)
+        self.release.wait(5.0)
         self.value += request.by
         return self.value
 
@@ -180,6 +183,13 @@ def test_a_reply_to_a_departed_client_is_counted(node_factory, zmq_context: zmq.
     send_raw(raw, 1, Increment(name="gone"))
     assert slow.started.wait(5.0)
     raw.close(linger=0)  # the client leaves before its answer is ready
+    # Answer only once the node's end of that TCP connection is closed (libzmq then has dropped the
+    # client's pipe): an event to wait for, not a sleep that a loaded machine can outrun.
+    port = int(node.client_endpoint.rsplit(":", 1)[1])
+    wait_for(lambda: not any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+                             for c in psutil.Process().net_connections(kind="tcp")),
+             what="the node to close the departed client's connection")
+    slow.release.set()
     wait_for(lambda: node.stats()["reply_drops_gone"] == 1, what="the drop to be counted")
     stats = node.stats()
     assert stats["inflight"] == 0 and stats["replies_out"] == 0
@@ -225,6 +235,7 @@ def test_request_stop_finishes_in_flight_work_and_refuses_new(node_factory, zmq_
             refused = late.request(Health())
         assert refused.error is not None and refused.error.code is ErrorCode.UNAVAILABLE
         assert "draining" in refused.error.message and refused.error.retryable
+        slow.release.set()  # the in-flight request finishes during the drain
         answered = recv_reply(raw)
         assert answered.request_id == 41
         assert answered.value == CounterValue(name="slow", value=1)
