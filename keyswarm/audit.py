@@ -17,6 +17,15 @@ The walk, in three parts (docs/storage.md, "Auditing"):
    `SignerKey`) lives: a lost heads entry cannot hide a chain from the walk.
 3. Heads: read again after the chains, each must name the end of its chain.
 
+Given the network's root certificate (`root`), the chain walk also checks
+the certificate every `SignerKey` carries (`keyswarm://<net>/node/<origin>/
+signer`, with the node certificate that issued it): it must chain to that
+root (`verify_chain`, kind `signer`, at the wall time of the SignerKey's
+HLC), name the chain's origin and certify the SignerKey's own key
+(`bad_certificate`, `certificate_wrong_node`, `certificate_key_mismatch`).
+A signing key that no SignerKey of its chain certifies is `uncertified`: a
+warning, or a finding with `require_certified`.
+
 Rules:
 - Read-only and safe beside the writer: `read_origin` and `read_partition`
   use short read transactions, a chain is read to the end it has when its
@@ -51,10 +60,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography import x509
+
+from keyswarm.crypto.certificates import network_id
+from keyswarm.crypto.chain_verify import CertificateInvalid, verify_chain
 from keyswarm.errors import CorruptRecord, StorageError
+from keyswarm.storage import hlc as hlc_clock
+from keyswarm.storage.bodies import SIGNER_KEY_TYPE, SignerKey, decode_body
 from keyswarm.storage.chain import BreakReason, ChainBreak, ChainVerifier
 from keyswarm.storage.events import Event, Head, digest
 from keyswarm.storage.log import EventLog, IntegrityProblem
@@ -69,6 +85,11 @@ RECORD_REASONS = {"events": "bad_event_record", "origins": "bad_index_entry", "h
 HEAD_MISMATCH = "head_mismatch"  # the head names another event than the chain's end
 HEAD_MISSING = "head_missing"  # an origin with events has no head
 HEAD_WITHOUT_CHAIN = "head_without_chain"  # a head for an origin the log holds no events of
+#: Certificate findings (only with a root): why a SignerKey's certificate does not vouch for its key.
+BAD_CERTIFICATE = "bad_certificate"  # does not verify up to the root (the detail gives verify_chain's reason)
+CERTIFICATE_WRONG_NODE = "certificate_wrong_node"  # certifies the signer of another node than the chain's origin
+CERTIFICATE_KEY_MISMATCH = "certificate_key_mismatch"  # certifies another key than the SignerKey's
+UNCERTIFIED = "uncertified"  # a signing key no SignerKey of the chain certifies
 #: Below this many events a child process for the records walk costs more than it saves.
 PARALLEL_MIN_EVENTS = 200_000
 #: `progress(phase, done, total)`: phase is "records", "chains" or "verify" (both at once).
@@ -108,6 +129,8 @@ class AuditReport:
     partitions: int = 0  # the log's partition count
     partitions_with_events: int = 0
     signatures: int = 0  # signatures verified
+    certificates: int = 0  # signer certificates verified up to the root (only with a root)
+    warnings: list[Finding] = field(default_factory=list)  # `uncertified` chains, when not required
     seconds: float = 0.0
 
     @property
@@ -116,9 +139,10 @@ class AuditReport:
 
     def summary(self) -> str:
         per_event = f" ({self.seconds / self.events * 1e6:.1f} us/event)" if self.events else ""
+        certificates = f"{self.certificates:,} signer certificates, " if self.certificates else ""
         return (f"{self.origins:,} origins, {self.events:,} events in {self.partitions_with_events:,} of "
-                f"{self.partitions:,} partitions, {self.signatures:,} signatures, {self.records:,} records; "
-                f"{self.seconds:.2f} s{per_event}")
+                f"{self.partitions:,} partitions, {self.signatures:,} signatures, {certificates}"
+                f"{self.records:,} records; {self.seconds:.2f} s{per_event}")
 
 
 def open_log_for_audit(data: str | Path) -> tuple[EventLog, Path]:
@@ -139,15 +163,19 @@ def open_log_for_audit(data: str | Path) -> tuple[EventLog, Path]:
 
 
 def audit_log(log: EventLog, *, max_findings: int = 100, progress: AuditProgress | None = None,
-              records_in_child: Path | None = None, clock: Callable[[], float] = time.perf_counter) -> AuditReport:
+              records_in_child: Path | None = None, clock: Callable[[], float] = time.perf_counter,
+              root: x509.Certificate | None = None, require_certified: bool = False) -> AuditReport:
     """Walk `log` (records, chains, heads) and report every problem found, up to `max_findings`.
 
     `records_in_child`: the log's directory, to run the records walk in a
     child process on its own read-only handle while this one walks the
     chains (two cores: about twice as fast on a large log).
+    `root`: the network's root certificate; every SignerKey's certificate is
+    checked against it, and uncertified signing keys are warnings (findings
+    with `require_certified`). The caller checks that `root` is a root.
     """
     started = clock()
-    walk = _Walk(log, max(max_findings, 1), progress)
+    walk = _Walk(log, max(max_findings, 1), progress, root=root, require_certified=require_certified)
     walk.run(records_in_child)
     report = walk.report
     findings = _ordered(walk.chain_findings, walk.head_findings, walk.record_findings)
@@ -188,8 +216,15 @@ def _problem_of(exc: CorruptRecord) -> IntegrityProblem:
 class _Walk:
     """One audit: the three parts of the walk and what each found."""
 
-    def __init__(self, log: EventLog, max_findings: int, progress: AuditProgress | None):
+    def __init__(self, log: EventLog, max_findings: int, progress: AuditProgress | None, *,
+                 root: x509.Certificate | None = None, require_certified: bool = False):
         self.log = log
+        self.root = root
+        self.network = network_id(root) if root is not None else ""
+        self.require_certified = require_certified
+        # Per chain walked: signing keys certified, and where each uncertified key first appeared.
+        self._certified: set[bytes] = set()
+        self._uncertified: dict[bytes, Event] = {}
         self.max_findings = max_findings
         self.progress = progress
         self.partitions = log.meta().partitions
@@ -284,6 +319,20 @@ class _Walk:
         return bounds
 
     def check_chain(self, origin: str, bound: int | None) -> None:
+        """Verify `origin`'s chain up to `bound` (`_check_chain`), then, with a
+        root, report the signing keys of what was walked that nothing certified."""
+        self._certified, self._uncertified = set(), {}
+        self._check_chain(origin, bound)
+        for key, event in self._uncertified.items():
+            if key in self._certified:
+                continue
+            seq = self._locate(event.partition, event.origin, event.origin_seq)
+            finding = Finding(check="certificate", reason=UNCERTIFIED, partition=event.partition, seq=seq,
+                              origin=event.origin, origin_seq=event.origin_seq,
+                              detail=f"signing key {key.hex()[:16]}... carries no certificate in the chain")
+            (self.chain_findings if self.require_certified else self.report.warnings).append(finding)
+
+    def _check_chain(self, origin: str, bound: int | None) -> None:
         """Verify `origin`'s chain up to `bound`, its head when the walk began.
 
         Beside a writer a chain grows while it is read, possibly faster than
@@ -337,7 +386,49 @@ class _Walk:
         self._partitions_seen.add(event.partition)
         if event.sig:
             self.report.signatures += 1
+        if self.root is not None and event.type == SIGNER_KEY_TYPE:
+            self._check_certificate(event, seq)
         return True
+
+    def _check_certificate(self, event: Event, seq: int | None) -> None:
+        """A SignerKey the verifier accepted: does its certificate vouch for its key, up to the root?"""
+        body = decode_body(event)  # the verifier decoded it already: it decodes
+        assert type(body) is SignerKey
+        key = body.public_key
+        if not body.certificate:
+            self._uncertified.setdefault(key, event)
+            return
+        physical_ms, _ = hlc_clock.unpack_hlc(event.hlc)
+        reason, detail = "", ""
+        try:
+            when = datetime.fromtimestamp(physical_ms / 1000, tz=timezone.utc)
+            verified = verify_chain(body.certificate, list(body.intermediates), self.root,  # type: ignore[arg-type]
+                                    now=when, network_id=self.network, expected_kind="signer")
+        except (ValueError, OverflowError, OSError):  # a time past datetime's year 9999
+            reason, detail = BAD_CERTIFICATE, f"the SignerKey's time ({physical_ms} ms) is past any certificate"
+        except CertificateInvalid as exc:
+            reason = BAD_CERTIFICATE
+            detail = f"{exc} (against the root of network {self.network}, at the SignerKey's time {when.isoformat()})"
+        else:
+            certified = verified.public_key.public_bytes_raw()  # type: ignore[union-attr]  # signer: Ed25519
+            if verified.name != event.origin:
+                reason = CERTIFICATE_WRONG_NODE
+                detail = f"the certificate ({verified.uri}) certifies the signer of node {verified.name!r}, not {event.origin!r}"
+            elif certified != key:
+                reason = CERTIFICATE_KEY_MISMATCH
+                detail = (f"the certificate certifies key {certified.hex()[:16]}..., the SignerKey names "
+                          f"{key.hex()[:16]}...")
+        if reason:
+            self._uncertified.pop(key, None)  # said: a key with a bad certificate is not also "uncertified"
+            self._certified.add(key)
+            if seq is None:
+                seq = self._locate(event.partition, event.origin, event.origin_seq)
+            self.chain_findings.append(Finding(check="certificate", reason=reason, detail=detail,
+                                               partition=event.partition, seq=seq, origin=event.origin,
+                                               origin_seq=event.origin_seq))
+            return
+        self._certified.add(key)
+        self.report.certificates += 1
 
     def _read_until_damage(self, origin: str, from_seq: int, to_seq: int, exc: CorruptRecord) -> tuple[list[Event], CorruptRecord]:
         """A batch failed: re-read it one event at a time to find the first

@@ -217,6 +217,15 @@ def _add_audit_parser(commands: argparse._SubParsersAction, common: argparse.Arg
         help="1: one process; 2: the records walk in a second process beside the chain walk "
         "(default: 2 on a large log with two or more cores)",
     )
+    verify.add_argument(
+        "--root", metavar="ROOT.PEM", default=None,
+        help="the network's root certificate: check every SignerKey's certificate against it "
+        "and warn about uncertified signing keys",
+    )
+    verify.add_argument(
+        "--require-certified", action="store_true",
+        help="with --root: an uncertified signing key is a problem (exit 1), not a warning",
+    )
     verify.add_argument("--quiet", action="store_true", help="print nothing when the log verifies; only the problem otherwise")
     verify.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -342,13 +351,27 @@ def run_client_command(args: argparse.Namespace) -> int:
 
 def run_audit_verify_command(args: argparse.Namespace) -> int:
     from keyswarm.audit import ProgressBar, audit_log, open_log_for_audit, parallel_worth_it
+    from keyswarm.crypto.certificates import network_id
+    from keyswarm.enrolment import EnrolmentError, read_certificate_pem
 
+    if args.require_certified and args.root is None:
+        print("error: --require-certified needs --root ROOT.PEM (the certificates are checked against it)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    root = None
+    if args.root is not None:
+        try:
+            root = read_certificate_pem(args.root, "root certificate", kinds=("root",))
+        except EnrolmentError as exc:  # a bad argument: nothing was checked yet
+            print(f"error: --root: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     log, where = open_log_for_audit(args.data)
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
     bar = ProgressBar(sys.stderr) if show_progress else None
     try:
         parallel = parallel_worth_it(log) if args.jobs is None else args.jobs == 2
-        report = audit_log(log, max_findings=args.max_problems, progress=bar, records_in_child=where if parallel else None)
+        report = audit_log(log, max_findings=args.max_problems, progress=bar, records_in_child=where if parallel else None,
+                           root=root, require_certified=args.require_certified)
     finally:
         if bar is not None:
             bar.close()
@@ -356,7 +379,10 @@ def run_audit_verify_command(args: argparse.Namespace) -> int:
     meta_line = f"event log {where}"
     if report.ok:
         if not args.quiet:
-            print(f"ok: {meta_line}: every record, chain, signature and head verifies")
+            what = "record, chain, signature and head" if root is None else "record, chain, signature, head and signer certificate"
+            print(f"ok: {meta_line}: every {what} verifies" + ("" if root is None else f" (root of network {network_id(root)})"))
+            for warning in report.warnings:
+                print(f"warning: {warning}")
             print(f"checked {report.summary()}")
         return EXIT_OK
     shown = report.findings if args.all else report.findings[:1]
@@ -365,6 +391,9 @@ def run_audit_verify_command(args: argparse.Namespace) -> int:
     for i, finding in enumerate(shown):
         label = "first broken link" if i == 0 else "also"
         print(f"{label}: {finding}")
+    if not args.quiet:
+        for warning in report.warnings:
+            print(f"warning: {warning}")
     more = len(report.findings) - len(shown)
     if not args.quiet:
         if more or report.truncated:

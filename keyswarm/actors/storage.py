@@ -50,6 +50,13 @@ storage actor", explains the design; the rules it keeps:
   of its origin starts a fresh chain (`OriginChain` writes the SignerKey
   genesis event itself). A log whose chain was started by another key is
   refused: signing on would break the chain.
+- The signer's certificate (`signer_certificate`, issued at node start by
+  the node's token; b"" on a node without one) rides in the genesis
+  SignerKey. When the chain already exists and its newest SignerKey carries
+  another certificate (none, or an older one), the actor commits, as soon
+  as the head is loaded, a SignerKey naming the same key with the new
+  certificate, signed by that key (`OriginChain.recertify`): a commit with
+  no requester, retried through the usual resync if it fails.
 - Sans-IO: time comes from `ctx.now()` / `ctx.wall_time()`; the signing key
   is handed to the factory by the assembly (a key file on a real node,
   seeded bytes in the simulator).
@@ -168,9 +175,11 @@ class AppendBatch:
 
 @dataclass(frozen=True, slots=True)
 class LoadHead:
-    """`origin`'s durable head; the answer is `HeadLoaded`."""
+    """`origin`'s durable head; the answer is `HeadLoaded`. `with_certificate`:
+    also the certificate of its newest SignerKey (a scan of partition 0)."""
 
     origin: str
+    with_certificate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +191,7 @@ class HeadLoaded:
     head: Head | None
     last_hlc: int
     genesis_public_key: bytes | None
+    signer_certificate: bytes = b""  # the newest SignerKey's certificate (asked `with_certificate`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +229,7 @@ class StorageStats:
     max_wait_s: float = 0.0  # longest an append waited for its commit to be submitted
     gathers: int = 0  # times a flush waited for company (the gathering window)
     pipelined_commits: int = 0  # batches sealed while another commit was in flight
+    recertifications: int = 0  # SignerKeys committed to record a new certificate for the same key
 
 
 class _Request:
@@ -283,13 +294,20 @@ class StorageActor(Actor):
         max_events: int = 1000,
         max_delay_s: float = 0.002,
         max_inflight: int = MAX_INFLIGHT_COMMITS,
+        signer_certificate: bytes = b"",
+        signer_intermediates: tuple[bytes, ...] = (),
     ):
         """`signer_key` is the node's Ed25519 private key (32 bytes); None makes
         an actor that refuses every append (assemblies for tests that never write).
-        `max_inflight` 1 turns the pipeline off (one commit at a time)."""
+        `max_inflight` 1 turns the pipeline off (one commit at a time).
+        `signer_certificate`: the key's signer certificate (DER) and
+        `signer_intermediates` the node certificate that issued it, recorded
+        in the chain's SignerKey; b"" leaves the key uncertified."""
         if not 1 <= partitions <= 65536 or max_events < 1 or not max_delay_s >= 0 or max_inflight not in (1, 2):
             raise ValueError(f"bad storage settings: {partitions=} {max_events=} {max_delay_s=} {max_inflight=}")
         self.signer = Signer(signer_key) if signer_key is not None else None
+        self.signer_certificate = signer_certificate
+        self.signer_intermediates = tuple(signer_intermediates)
         self.partitions = partitions
         self.max_events = max_events
         self.max_delay_s = max_delay_s
@@ -455,7 +473,8 @@ class StorageActor(Actor):
         self.chain = None
         self._resync = False
         self._cancel_timer(ctx)
-        self._flow.load_ticket = ctx.ask(EVENT_LOG_SERVICE, LoadHead(origin=ctx.node))
+        load = LoadHead(origin=ctx.node, with_certificate=bool(self.signer_certificate))
+        self._flow.load_ticket = ctx.ask(EVENT_LOG_SERVICE, load)
 
     def _on_head(self, ctx: Context, result: ServiceResult) -> None:
         flow = self._flow
@@ -480,8 +499,24 @@ class StorageActor(Actor):
             self._fail_queued(ctx, Failure.of(ErrorCode.INTERNAL, self.refusal))
             return
         self.stats.head_loads += 1
-        self.chain = OriginChain(ctx.node, self.signer, head=loaded.head, last_hlc=loaded.last_hlc)
+        self.chain = OriginChain(ctx.node, self.signer, head=loaded.head, last_hlc=loaded.last_hlc,
+                                 certificate=self.signer_certificate, intermediates=self.signer_intermediates)
+        if loaded.head is not None and self.signer_certificate and loaded.signer_certificate != self.signer_certificate:
+            self._commit_recertification(ctx, uncertified=not loaded.signer_certificate)
         self._schedule(ctx)
+
+    def _commit_recertification(self, ctx: Context, *, uncertified: bool) -> None:
+        """Record the signer's new certificate in the chain now: a SignerKey
+        naming the same key, in a commit of its own with no requester."""
+        chain = self.chain
+        assert chain is not None and not self._inflight, "a recertification is the first commit after a head load"
+        ctx.log.info("storage records the signer certificate in %s's chain (%s)", ctx.node,
+                     "the chain's key was uncertified" if uncertified else "it replaces an older certificate")
+        chain.recertify(self.signer_certificate, self.signer_intermediates)
+        events, digests = chain.seal_batch([], int(ctx.wall_time() * 1000))
+        ticket = ctx.ask(EVENT_LOG_SERVICE, AppendBatch(tuple(events), tuple(digests)))
+        self._inflight.append(_Commit(ticket, [], events, len(events)))
+        self.stats.recertifications += 1
 
     # --- group commit ------------------------------------------------------------------
 

@@ -1,14 +1,18 @@
 """X.509 certificates for keyswarm identities, signed through a `Token`.
 
-Owns the identity URIs, the network id, the four certificate builders (root,
-node, sub-key, client) and the one routine that signs a certificate with a key
+Owns the identity URIs, the network id, the five certificate builders (root,
+node, sub-key, event signer, client) and the one routine that signs a certificate with a key
 that is not in memory. Verification lives in `chain_verify`.
 
 Rules:
 - Identities are URI SANs: `keyswarm://<network-id>/root`,
   `keyswarm://<network-id>/node/<name>`, `keyswarm://<network-id>/client/<name>`,
-  and `keyswarm://<network-id>/node/<name>/subkey` for a node's sub-key. Every
-  certificate carries exactly one keyswarm URI.
+  `keyswarm://<network-id>/node/<name>/subkey` for a node's sub-key, and
+  `keyswarm://<network-id>/node/<name>/signer` for the key that signs the
+  node's event-log checkpoints (kind `signer`). Every certificate carries
+  exactly one keyswarm URI, and every kind has its own URI shape, so no
+  certificate of one kind can pass for another: a sub-key (which
+  authenticates sessions) is never an event signer, and the reverse.
 - `network-id` = hex of the first 16 bytes of SHA-256 over the root public
   key's SubjectPublicKeyInfo DER.
 - The issuer's private key stays in its token. `sign_with_token` builds the
@@ -26,6 +30,12 @@ Rules:
   non-critical extension `SUBKEY_AGREEMENT_KEY_OID`, its value the key's
   SubjectPublicKeyInfo DER. The OID sits under keyswarm's private arc, a
   UUID OID (ITU-T X.667, `2.25.<uuid>`), which needs no registration.
+- A signer certificate certifies the long-lived Ed25519 key that signs the
+  node's event-log checkpoints (docs/storage.md, "Signing"). It is issued
+  by the node certificate through the node's token, like a sub-key, carries
+  only the extended key usage `EVENT_SIGNING_EKU_OID` (no serverAuth or
+  clientAuth: it never authenticates a session), and never outlives the
+  node certificate that issued it.
 """
 
 from __future__ import annotations
@@ -58,10 +68,14 @@ from keyswarm.hardware.token import (
 KEYSWARM_OID_ARC = "2.25.261271045302542897985033363819792219398"
 #: Extension carrying a sub-key's X25519 agreement key (arc .1 = certificate extensions).
 SUBKEY_AGREEMENT_KEY_OID = x509.ObjectIdentifier(KEYSWARM_OID_ARC + ".1.1")
+#: Extended key usage of a signer certificate: signs event-log checkpoints (arc .2 = key purposes).
+EVENT_SIGNING_EKU_OID = x509.ObjectIdentifier(KEYSWARM_OID_ARC + ".2.1")
 
 URI_SCHEME = "keyswarm"
-#: Kinds a certificate can name. Roots sign nodes and clients; nodes sign their sub-keys.
-CERTIFICATE_KINDS = ("root", "node", "client", "subkey")
+#: Kinds a certificate can name. Roots sign nodes and clients; nodes sign their sub-keys and event signers.
+CERTIFICATE_KINDS = ("root", "node", "client", "subkey", "signer")
+#: The URI path segment after `node/<name>/` of the kinds a node issues to itself.
+NODE_SUFFIX_KINDS = {"subkey": "subkey", "signer": "signer"}
 #: Node and client names: short, URI- and DN-safe, so the CN stays within X.520's 64 characters.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
 NETWORK_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
@@ -72,6 +86,8 @@ DEFAULT_ROOT_LIFETIME = timedelta(days=3650)
 DEFAULT_NODE_LIFETIME = timedelta(days=365)
 DEFAULT_CLIENT_LIFETIME = timedelta(days=365)
 DEFAULT_SUBKEY_LIFETIME = timedelta(hours=1)
+#: An event signer's certificate lives as long as this, or its node certificate, whichever ends first.
+DEFAULT_SIGNER_LIFETIME = timedelta(days=365)
 #: X.509 serials are positive and at most 20 octets.
 MAX_SERIAL = (1 << 159) - 1
 
@@ -118,8 +134,8 @@ def identity_uri(network: str, kind: str, name: str | None = None) -> str:
         raise BadCertificateRequest(
             f"{kind} name {name!r} must be 1-48 characters of letters, digits, '.', '_' or '-', starting alphanumeric"
         )
-    if kind == "subkey":
-        return f"{URI_SCHEME}://{network}/node/{name}/subkey"
+    if kind in NODE_SUFFIX_KINDS:
+        return f"{URI_SCHEME}://{network}/node/{name}/{NODE_SUFFIX_KINDS[kind]}"
     return f"{URI_SCHEME}://{network}/{kind}/{name}"
 
 
@@ -137,6 +153,8 @@ def parse_identity_uri(uri: str) -> Identity:
             pass
         case ["node", name, "subkey"]:
             kind = "subkey"
+        case ["node", name, "signer"]:
+            kind = "signer"
         case _:
             raise ValueError(f"{uri!r} names no keyswarm identity")
     try:
@@ -253,6 +271,42 @@ def subkey_certificate(
     builder = builder.add_extension(eku, critical=False)
     spki = agreement_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     builder = builder.add_extension(x509.UnrecognizedExtension(SUBKEY_AGREEMENT_KEY_OID, spki), critical=False)
+    return _sign_issued(node_token, node_cert, builder)
+
+
+def signer_certificate(
+    node_token: Token,
+    node_cert: x509.Certificate,
+    signing_public_key: Ed25519PublicKey,
+    *,
+    node_name: str,
+    now: datetime,
+    lifetime: timedelta = DEFAULT_SIGNER_LIFETIME,
+    serial: int | None = None,
+    entropy: Entropy = os.urandom,
+) -> x509.Certificate:
+    """The certificate of a node's event-signing key: the node's token certifies an Ed25519 key.
+
+    Valid until `now + lifetime` or the node certificate's notAfter, whichever
+    comes first (a node cannot vouch past its own validity).
+    """
+    issuer = _require_issuer(node_token, node_cert, ("node",), "a signer certificate")
+    if issuer.name != node_name:
+        raise BadCertificateRequest(f"node {issuer.name!r} cannot certify the event signer of node {node_name!r}")
+    if not isinstance(signing_public_key, Ed25519PublicKey):
+        raise BadCertificateRequest(f"an event signing key must be Ed25519, not {type(signing_public_key).__name__}")
+    if now.tzinfo is None:
+        raise BadCertificateRequest("`now` must be timezone-aware (UTC)")
+    start = now.astimezone(timezone.utc).replace(microsecond=0)
+    lifetime = min(lifetime, node_cert.not_valid_after_utc - start)
+    if lifetime <= timedelta(0):
+        raise BadCertificateRequest(
+            f"the node certificate expired at {node_cert.not_valid_after_utc.isoformat()}: it cannot certify a signer"
+        )
+    builder = _issued_builder(node_cert, signing_public_key, "signer", node_name, serial, entropy, now, lifetime)
+    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    builder = builder.add_extension(_key_usage(), critical=True)
+    builder = builder.add_extension(x509.ExtendedKeyUsage([EVENT_SIGNING_EKU_OID]), critical=False)
     return _sign_issued(node_token, node_cert, builder)
 
 
@@ -409,7 +463,7 @@ def _issued_builder(
 ) -> x509.CertificateBuilder:
     network = certificate_identity(issuer_cert).network_id
     organisation = issuer_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    common_name = f"{name} subkey" if kind == "subkey" else name
+    common_name = f"{name} {kind}" if kind in NODE_SUFFIX_KINDS else name
     attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(organisation[0].value))] if organisation else []
     attributes += [
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),

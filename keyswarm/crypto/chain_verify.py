@@ -5,7 +5,8 @@ Owns `verify_chain`, its result `VerifiedIdentity` and its one failure,
 
 Rules:
 - The shapes are fixed, not discovered: a node certificate is issued by the
-  root; a sub-key certificate by a node certificate (the one intermediate);
+  root; a sub-key or event-signer certificate by a node certificate (the
+  one intermediate) of the same node name;
   a client certificate by the root or by an admin client certificate. No path
   building, so no path-building ambiguity for a forger to exploit.
 - Checks run in a fixed order, and the first failure is the reason given:
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from keyswarm.crypto.certificates import (
+    EVENT_SIGNING_EKU_OID,
     Identity,
     agreement_public_key,
     certificate_fingerprint,
@@ -47,9 +49,9 @@ from keyswarm.hardware.token import IdentityPublicKey, identity_algorithm_of
 
 #: Largest certificate accepted from a peer; ours are under 1 KiB.
 MAX_CERTIFICATE_BYTES = 16 * 1024
-#: The deepest keyswarm chain is sub-key <- node <- root (or client <- admin <- root).
+#: The deepest keyswarm chain is sub-key (or signer) <- node <- root (or client <- admin <- root).
 MAX_INTERMEDIATES = 1
-EXPECTED_KINDS = ("node", "client", "subkey")
+EXPECTED_KINDS = ("node", "client", "subkey", "signer")
 REASONS = frozenset(
     {"malformed", "wrong_network", "wrong_kind", "wrong_issuer", "bad_signature", "revoked", "not_yet_valid", "expired"}
 )
@@ -81,7 +83,7 @@ class CertificateInvalid(AuthError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerifiedIdentity:
-    """A verified leaf. For a sub-key, `name` is its node and `agreement_public_key` is set."""
+    """A verified leaf. For a sub-key or signer, `name` is its node; for a sub-key `agreement_public_key` is set."""
 
     kind: str
     name: str
@@ -201,7 +203,12 @@ def _check_shape(chain: list[x509.Certificate], identities: list[Identity], expe
     issuers = [identity.kind for identity in identities[1:]]
     if leaf_id.kind != expected_kind:
         raise CertificateInvalid("wrong_kind", f"expected a {expected_kind} certificate, got {leaf_id.uri}")
-    allowed = {"node": (["root"],), "subkey": (["node", "root"],), "client": (["root"], ["client", "root"])}
+    allowed = {
+        "node": (["root"],),
+        "subkey": (["node", "root"],),
+        "signer": (["node", "root"],),
+        "client": (["root"], ["client", "root"]),
+    }
     if issuers not in allowed[expected_kind]:
         shapes = " or ".join(" <- ".join([expected_kind, *shape]) for shape in allowed[expected_kind])
         got = " <- ".join([leaf_id.kind, *issuers])
@@ -219,6 +226,17 @@ def _check_shape(chain: list[x509.Certificate], identities: list[Identity], expe
         if identities[1].name != leaf_id.name:
             raise CertificateInvalid(
                 "wrong_issuer", f"node {identities[1].name!r} cannot certify sub-keys of node {leaf_id.name!r}"
+            )
+    if expected_kind == "signer":
+        if not isinstance(leaf_key, Ed25519PublicKey):
+            raise CertificateInvalid("malformed", f"event signing key is {type(leaf_key).__name__}, not Ed25519")
+        if _parse(lambda: is_ca(leaf), "basic constraints"):
+            raise CertificateInvalid("malformed", "a signer certificate must not be a CA")
+        if not _parse(lambda: _has_usage(leaf, EVENT_SIGNING_EKU_OID), "extended key usage"):
+            raise CertificateInvalid("malformed", f"{leaf_id.uri} lacks the event-signing extended key usage")
+        if identities[1].name != leaf_id.name:
+            raise CertificateInvalid(
+                "wrong_issuer", f"node {identities[1].name!r} cannot certify the event signer of node {leaf_id.name!r}"
             )
     if expected_kind == "client" and not _parse(lambda: _has_client_auth(leaf), "extended key usage"):
         raise CertificateInvalid("malformed", f"{leaf_id.uri} lacks the clientAuth extended key usage")
@@ -256,11 +274,15 @@ def _can_sign_certificates(cert: x509.Certificate) -> bool:
 
 
 def _has_client_auth(cert: x509.Certificate) -> bool:
+    return _has_usage(cert, ExtendedKeyUsageOID.CLIENT_AUTH)
+
+
+def _has_usage(cert: x509.Certificate, usage: x509.ObjectIdentifier) -> bool:
     try:
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return False
-    return ExtendedKeyUsageOID.CLIENT_AUTH in usages
+    return usage in usages
 
 
 def _is_revoked(cert: x509.Certificate, revoked: Revoked) -> bool:

@@ -13,7 +13,9 @@ The token parts are the same kind of input: `token_parts()` builds the
 hardware actor, the sub-keys actor and the token service around a token that
 someone else opened (the real driver: `node_token.open_node_token(config)`
 from `[token]`; the simulator: a virtual YubiKey per node). A node without a
-token runs neither actor, and nothing else changes.
+token runs neither actor, and nothing else changes. The token parts also
+carry the certificate of the node's event-signing key when the token issued
+(or the data dir held) one; the storage actor records it in the chain.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from keyswarm.config import NodeConfig, StorageConfig, SubkeysConfig
 from keyswarm.hardware.token import Token
 from keyswarm.node.event_log_service import SNAPSHOT_EVERY_EVENTS, EventLogService, open_node_log
 from keyswarm.node.node_key import node_signing_key
+from keyswarm.node.signer_certificate import SignerCertificate
 from keyswarm.node.services import BlockingService, CounterStore
 from keyswarm.node.token_service import TokenService, hardware_components
 from keyswarm.storage.log import EventLog
@@ -47,6 +50,8 @@ class TokenParts:
 
     actors: tuple[ActorSpec, ...]
     service: TokenService
+    #: The event-signing key's certificate, for the chain's SignerKey (None: the key runs uncertified).
+    signer_certificate: SignerCertificate | None = None
 
 
 def token_parts(
@@ -58,6 +63,7 @@ def token_parts(
     reopen: Callable[[], Token] | None = None,
     sessions: SessionSettings | None = None,
     keys: Sequence[ActorSpec] = (),
+    signer_certificate: SignerCertificate | None = None,
     **hardware_options: object,
 ) -> TokenParts:
     """The hardware actor and token service around `token`, and the sub-keys actor for this node's certificate.
@@ -65,7 +71,8 @@ def token_parts(
     With `sessions`, also the sessions actor (it has the sub-key sign its
     challenges, so it runs only beside one). `keys`: the key service's actors
     (`key_router.keys_specs` over the domain key the token unsealed), last,
-    so every actor before them keeps its seed.
+    so every actor before them keeps its seed. `signer_certificate`: the
+    event-signing key's certificate, which `node_actors` hands the storage actor.
 
     `token` None with a `reopen` factory: the device was absent at start; the
     node starts degraded and the hardware actor reconnects with backoff.
@@ -80,7 +87,7 @@ def token_parts(
     if sessions is not None:
         actors += (sessions_spec(sessions),)
     actors += tuple(keys)
-    return TokenParts(actors=actors, service=service)
+    return TokenParts(actors=actors, service=service, signer_certificate=signer_certificate)
 
 
 def node_actors(
@@ -91,9 +98,11 @@ def node_actors(
     `signer_key` is the node's Ed25519 signing key; without one the storage
     actor refuses every append (for tests that never write events). `token`
     adds the hardware and sub-keys actors, last, so the actors before them
-    keep their seeds.
+    keep their seeds, and hands the storage actor the signing key's
+    certificate when the token parts carry one.
     """
     settings = storage or StorageConfig()
+    certified = token.signer_certificate if token is not None else None
 
     def storage_actor() -> StorageActor:
         return StorageActor(
@@ -101,6 +110,8 @@ def node_actors(
             partitions=settings.partitions,
             max_events=settings.group_commit_max_events,
             max_delay_s=settings.group_commit_max_delay_ms / 1000.0,
+            signer_certificate=certified.certificate_der if certified is not None else b"",
+            signer_intermediates=certified.intermediates if certified is not None else (),
         )
 
     return [

@@ -48,6 +48,7 @@ from keyswarm.node.client_intake import ClientIntake, InflightRequests, RateLimi
 from keyswarm.node.node_token import open_node_token
 from keyswarm.node.service_threads import ServiceThreads
 from keyswarm.node.services import BlockingService
+from keyswarm.storage.chain import Signer
 from keyswarm.transport import frames, zmq_sockets
 from keyswarm.transport.codec import Limits
 from keyswarm.transport.malloc_tuning import keep_large_buffers
@@ -109,12 +110,17 @@ class NodeDriver:
         # The token (`[token]`: ConfigError when its certificates or key do not
         # check out) joins only a node assembled here: given actors or services
         # mean the caller assembles the node, token included.
-        token = open_node_token(config) if actors is None and services is None else None
+        # The log and key first: the token certifies the signing key (check 6 of node_token).
+        storage = open_node_storage(config) if actors is None or services is None else None
         try:
-            storage = open_node_storage(config) if actors is None or services is None else None
+            signer_public_key = Signer(storage.signer_key).public_key if storage is not None else None
+            token = (
+                open_node_token(config, signer_public_key=signer_public_key)
+                if actors is None and services is None else None
+            )  # fmt: skip
         except BaseException:
-            if token is not None:
-                token.service.close()
+            if storage is not None:
+                storage.event_log.close()
             raise
         if services is None:
             services = node_services(config.node.data_dir or None, event_log=storage.event_log, token=token)

@@ -46,7 +46,7 @@ from keyswarm.actors.storage import (
 from keyswarm.actors.session_messages import POLICY_PARTITION, LoadPolicy, PolicyLoaded
 from keyswarm.config import NodeConfig
 from keyswarm.errors import CorruptRecord, DecodeError, KeyswarmError, ServiceError, StorageError
-from keyswarm.storage.bodies import SignerKey, decode_body
+from keyswarm.storage.bodies import SIGNER_KEY_TYPE, SignerKey, decode_body
 from keyswarm.storage.events import Event, digest
 from keyswarm.storage.fold import PartitionState
 from keyswarm.storage.lmdb_log import LmdbLog
@@ -61,6 +61,8 @@ log = logging.getLogger("keyswarm.storage")
 EVENT_LOG = "event-log"
 #: Events of a partition after its snapshot before a new snapshot is written.
 SNAPSHOT_EVERY_EVENTS = 1_000
+#: Events of partition 0 read per step when looking for an origin's newest SignerKey.
+SIGNER_SCAN_BATCH = 1024
 #: The log's directory under `node.data_dir`.
 LOG_DIR = "log"
 
@@ -81,6 +83,7 @@ class EventLogService:
         self._folded: dict[int, _Folded] = {}  # partition -> its state, folded up to a local seq
         self._load_after: dict[int, int] = {}  # partition -> local seq before which a failed fold is not retried
         self.partition_loads = 0  # partitions folded from the log (snapshot + tail) for the in-memory state
+        self._signer_certificates: dict[str, bytes] = {}  # origin -> certificate of its newest SignerKey (lazy)
         # Simulator only: batches staged at submit, committed by `handle` in order.
         self._staged: deque[tuple[AppendBatch, AppendResult | None, KeyswarmError | None]] = deque()
 
@@ -91,7 +94,7 @@ class EventLogService:
         if kind is AppendBatch:
             return self._append(request)
         if kind is LoadHead:
-            return self.load_head(request.origin)
+            return self.load_head(request.origin, with_certificate=request.with_certificate)
         if kind is LoadPartitionState:
             return self.load_partition_state(request.partition)
         if kind is LoadPolicy:
@@ -126,8 +129,9 @@ class EventLogService:
         self._fold_committed(request.events, result)
         return result
 
-    def load_head(self, origin: str) -> HeadLoaded:
-        """`origin`'s durable head, the HLC of that event and its genesis key."""
+    def load_head(self, origin: str, *, with_certificate: bool = False) -> HeadLoaded:
+        """`origin`'s durable head, the HLC of that event and its genesis key;
+        `with_certificate`: also the certificate its newest SignerKey carries."""
         head = self.log.heads().get(origin)
         if head is None:
             return HeadLoaded(origin=origin, head=None, last_hlc=0, genesis_public_key=None)
@@ -146,7 +150,46 @@ class EventLogService:
                 reason=f"the chain's first event does not decode: {exc}",
             )) from exc
         key = genesis.public_key if type(genesis) is SignerKey else None
-        return HeadLoaded(origin=origin, head=head, last_hlc=newest[0].hlc, genesis_public_key=key)
+        certificate = self.signer_certificate(origin) if with_certificate else b""
+        return HeadLoaded(origin=origin, head=head, last_hlc=newest[0].hlc, genesis_public_key=key,
+                          signer_certificate=certificate)
+
+    def signer_certificate(self, origin: str) -> bytes:
+        """The certificate carried by `origin`'s newest SignerKey (b"": none, or no chain).
+
+        SignerKeys live in partition 0, so it is read backwards from its end
+        to the newest SignerKey of `origin`: once per origin and process (a
+        node's start), then kept up to date by the commits this service
+        makes. Partition 0 holds 1/P of the key events, so this is ~0.1 s on
+        a million-event log of 64 partitions.
+        """
+        cached = self._signer_certificates.get(origin)
+        if cached is not None:
+            return cached
+        found = b""
+        end = self.log.last_seq(0)
+        while end >= 1:
+            start = max(1, end - SIGNER_SCAN_BATCH + 1)
+            for at, event in reversed(self.log.read_partition(0, start, end - start + 1)):
+                if event.origin == origin and event.type == SIGNER_KEY_TYPE:
+                    found, end = self._certificate_of(event, at), 0  # the newest: done
+                    break
+            else:
+                end = start - 1
+        self._signer_certificates[origin] = found
+        return found
+
+    @staticmethod
+    def _certificate_of(event: Event, at: int) -> bytes:
+        try:
+            body = decode_body(event)
+        except DecodeError as exc:
+            raise corrupt_record(IntegrityProblem(
+                db="events", origin=event.origin, origin_seq=event.origin_seq, partition=0, seq=at,
+                reason=f"a SignerKey event does not decode: {exc}",
+            )) from exc
+        assert type(body) is SignerKey
+        return body.certificate
 
     def load_partition_state(self, partition: int, *, to_seq: int | None = None) -> PartitionLoaded:
         """The partition's snapshot (if it decodes) plus the fold of the events after it
@@ -196,6 +239,11 @@ class EventLogService:
             if position is None:
                 continue  # a duplicate: folded when it was first appended
             partition, seq = position
+            if event.type == SIGNER_KEY_TYPE and event.origin in self._signer_certificates:
+                try:
+                    self._signer_certificates[event.origin] = self._certificate_of(event, seq)
+                except CorruptRecord:  # the append is durable regardless; the next load reads the log
+                    del self._signer_certificates[event.origin]
             last[partition] = seq  # local seqs grow within a batch
             state = folded.get(partition)
             if state is None:

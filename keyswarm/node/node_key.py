@@ -1,8 +1,10 @@
 """The node signing key file: `data_dir/node-signing.key`.
 
-Owns the file that holds a node's Ed25519 signing key until sub-keys exist
-(the hardware issue replaces it with token-certified sub-keys), and the
-check that the key is the one that started the node's chain in its log.
+Owns the file that holds a node's long-lived Ed25519 event-signing key (it
+signs the checkpoints of the node's chain; on a node with a token it is
+certified by the token, `signer_certificate.py`, docs/storage.md "The
+signing key is certified by the node's token"), and the check that the key
+is the one that started the node's chain in its log.
 
 Rules:
 - The file is exactly 32 raw bytes (the Ed25519 private key), created with

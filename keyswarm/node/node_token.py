@@ -17,10 +17,15 @@ on a token:
    (`key_router.keys_specs`) and keys its resumption tickets from the
    domain key, so tickets resume on every node of the network. Without a
    `domain_key` (or a YubiKey absent at start) the node serves no keys.
+6. given the node's event-signing key, its certificate
+   (`signer_certificate.ensure_signer_certificate`: the stored
+   `data_dir/node-signing.pem` if it checks out, else a new one issued by
+   the token), which the storage actor records in the chain.
 
 Rules:
 - A failed check refuses the start: `ConfigError` naming the `[token]`
-  field and the file at fault, with the reason; `run_node` logs it and exits
+  field (`node.data_dir` for a signer certificate file that cannot be
+  written) and the file at fault, with the reason; `run_node` logs it and exits
   2. The token is closed before the error leaves. Nothing is half-started.
 - Files are read here, at node start, not by the config loader: they live on
   the node's disk like `data_dir` (a config is checkable anywhere, before
@@ -59,6 +64,7 @@ from keyswarm.hardware.soft_token import SoftToken
 from keyswarm.hardware.specs import parse_token_spec
 from keyswarm.hardware.token import Token, public_key_fingerprint
 from keyswarm.node.assembly import TokenParts, token_parts
+from keyswarm.node.signer_certificate import SignerCertificate, ensure_signer_certificate
 
 log = logging.getLogger("keyswarm.node")
 
@@ -66,9 +72,15 @@ _FIELD = "token."
 
 
 def open_node_token(
-    config: NodeConfig, *, environ: Mapping[str, str] = os.environ, now: datetime | None = None
+    config: NodeConfig,
+    *,
+    environ: Mapping[str, str] = os.environ,
+    now: datetime | None = None,
+    signer_public_key: bytes | None = None,
 ) -> TokenParts | None:
-    """The node's token parts, or None when `[token] spec` is empty. `ConfigError` refuses the start."""
+    """The node's token parts, or None when `[token] spec` is empty. `ConfigError` refuses the start.
+
+    `signer_public_key`: the node's event-signing key (raw Ed25519), to certify (check 6)."""
     settings = config.token
     node_id = config.node.id
     if not settings.spec:
@@ -124,6 +136,18 @@ def open_node_token(
         log.info("node %s: [token] domain_key is not set: the node serves no keys", node_id)
     key_actors: list[ActorSpec] = keys_specs(config, domain_key) if domain_key is not None else []
 
+    certified: SignerCertificate | None = None
+    if signer_public_key is not None:
+        try:
+            certified = ensure_signer_certificate(
+                config.node.data_dir or None, token=token, node_cert=node_cert, root=root, node_name=node_id,
+                public_key=signer_public_key, now=now,
+            )  # fmt: skip
+        except BaseException:
+            if token is not None:
+                token.close()
+            raise
+
     identity = certificate_identity(node_cert)
     if isinstance(token, SoftToken):
         log.warning("node %s runs on a SOFT TOKEN: %s", node_id, token.warning())
@@ -145,6 +169,7 @@ def open_node_token(
                 key_partitions=config.storage.partitions if key_actors else None,
             ),
             keys=key_actors,
+            signer_certificate=certified,
         )
     except ValueError as exc:  # the sub-keys settings refused the certificate (checked above; a backstop)
         if token is not None:

@@ -9,7 +9,10 @@ the "token unplugged" fault: `unplug(node)` / `plug(node)`. And the
 network's domain key (one per simulation, from the seed): every node runs the
 key service over it (`key_service_specs`, after its token's actors, as a real
 node that unsealed `[token] domain_key` does) and keys its resumption tickets
-from it, so a ticket one node issued resumes on every node.
+from it, so a ticket one node issued resumes on every node. And each node's
+event-signer certificate (its token certifies its seeded signing key, as a
+real node's does at start), which the storage actor records in the node's
+chain, so every simulated chain verifies up to the simulation's root.
 
 Rules:
 - Entropy is derived from the run's seed and a label (BLAKE2b), not drawn
@@ -45,13 +48,18 @@ from keyswarm.actors.key_router import key_service_specs
 from keyswarm.actors.keys import KeySettings
 from keyswarm.actors.sessions import SessionSettings
 from keyswarm.config import KeyCacheConfig, LimitsConfig, SessionsConfig, StorageConfig, SubkeysConfig
-from keyswarm.crypto.certificates import NAME_PATTERN, network_id, node_certificate, root_certificate
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from keyswarm.crypto.certificates import NAME_PATTERN, network_id, node_certificate, root_certificate, signer_certificate
 from keyswarm.crypto.sealing import DomainKey
 from keyswarm.errors import TokenAbsent
 from keyswarm.hardware.token import Token
 from keyswarm.hardware.virtual_yubikey import LatencyModel, VirtualYubiKey
 from keyswarm.hardware.yubikey_token import YubiKeyToken
 from keyswarm.node.assembly import TokenParts, token_parts
+from keyswarm.node.signer_certificate import SignerCertificate
+from keyswarm.sim.node import simulated_signing_key
+from keyswarm.storage.chain import Signer
 
 #: Firmware of every simulated YubiKey: Ed25519 identities, whose signatures are deterministic.
 SIM_FIRMWARE = "5.7.2"
@@ -109,6 +117,23 @@ class SimTokens:
                 self.certificates[name] = cert.public_bytes(Encoding.DER)
         finally:
             root.close()
+        # Each node's event signer, certified by its own token (after every node certificate, from
+        # entropy of its own label, so the node certificates are the bytes they always were).
+        signer_serials = seeded_entropy(seed, "signer-certificate-serials")
+        self.signer_certificates: dict[str, SignerCertificate] = {}
+        for name in names:
+            node_cert = x509.load_der_x509_certificate(self.certificates[name])
+            public = Ed25519PublicKey.from_public_bytes(Signer(simulated_signing_key(seed, name)).public_key)
+            token = _open(self.devices[name])
+            try:
+                signer = signer_certificate(token, node_cert, public, node_name=name, now=issued,
+                                            entropy=signer_serials)  # fmt: skip
+            finally:
+                token.close()
+            self.signer_certificates[name] = SignerCertificate(
+                certificate_der=signer.public_bytes(Encoding.DER), intermediates=(self.certificates[name],),
+                serial=signer.serial_number, not_valid_after=signer.not_valid_after_utc,
+            )  # fmt: skip
         self.network_id = network_id(self.root_certificate)
         self._root_device = root_device
         #: The network's domain key: one per simulation, from the seed (INSECURE, like all sim entropy).
@@ -144,6 +169,7 @@ class SimTokens:
                 key_partitions=(storage or StorageConfig()).partitions,
             ),
             keys=self._key_service(storage or StorageConfig()),
+            signer_certificate=self.signer_certificates[name],
         )
 
     def _key_service(self, storage: StorageConfig) -> list:

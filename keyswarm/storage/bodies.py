@@ -40,7 +40,7 @@ from keyswarm.transport import codec
 
 #: The tag block of event bodies (docs/protocol.md).
 BODY_TAGS = range(0x0400, 0x0500)
-#: The only signer algorithm so far (sub-keys are Ed25519, DESIGN section 1).
+#: The only signer algorithm so far (the event signer is Ed25519, like its certificate requires).
 SIGNER_ALGORITHMS = ("ed25519",)
 #: Version ids are coordination-free (random, from the caller's entropy).
 MAX_VERSION_ID_BYTES = 64
@@ -55,12 +55,22 @@ class SignerKey:
 
     At origin_seq 1 it starts the chain and is signed by its own key; later
     it rotates the key and is signed by the previous one (keyswarm.storage.chain).
-    `certificate` will carry the chain to the root (hardware issue).
+    A later SignerKey may name the same key again: it then only records a
+    (new) certificate for it.
+
+    `certificate` is the DER of the key's signer certificate
+    (`keyswarm://<net>/node/<origin>/signer`, issued by the origin's node
+    certificate through its token), b"" for an uncertified key.
+    `intermediates` (appended field) holds the DER of the certificates
+    between it and the network root: the issuing node certificate, so a
+    reader needs only the root to check the key (`keyswarm audit verify
+    --root`). Both are opaque to the log; the audit checks them.
     """
 
     public_key: bytes
     algorithm: str = "ed25519"
     certificate: bytes = b""
+    intermediates: tuple[bytes, ...] = ()
 
 
 @codec.message(tag=0x0410)

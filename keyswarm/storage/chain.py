@@ -16,6 +16,9 @@ Rules (docs/storage.md, "Signing" and "Chains"):
   its own key. A later `SignerKey` rotates: it must be a signed checkpoint
   whose signature verifies under the previous key; events after it verify
   under the new key. A key a checkpoint cannot vouch for is never trusted.
+  A later `SignerKey` naming the key already in force is a rotation to the
+  same key: it obeys the same rule, and only records the key's (new)
+  certificate (`OriginChain.recertify`).
 - HLCs strictly increase along an origin's chain, so `(hlc, origin)` names
   one event: the fold's last-writer-wins order needs no further tie-break.
 - A chain whose newest events have no signature after them (an "unsigned
@@ -153,11 +156,25 @@ class OriginChain:
     new events over sequence numbers the log does not hold.
     """
 
-    def __init__(self, origin: str, signer: Signer, *, head: Head | None = None, last_hlc: int = 0):
+    def __init__(
+        self,
+        origin: str,
+        signer: Signer,
+        *,
+        head: Head | None = None,
+        last_hlc: int = 0,
+        certificate: bytes = b"",
+        intermediates: tuple[bytes, ...] = (),
+    ):
+        """`certificate` / `intermediates`: what the genesis SignerKey carries
+        (the signer's certificate and the node certificate that issued it)."""
         if not origin:
             raise ValueError("origin must be a non-empty node id")
         self.origin = origin
         self._signer = signer
+        self.certificate = certificate
+        self.intermediates = tuple(intermediates)
+        self._recertify = False
         self._next_seq = 1 if head is None else head.origin_seq + 1
         self._prev = GENESIS_PREV if head is None else head.digest
         hlc_clock.unpack_hlc(last_hlc)  # range check
@@ -171,6 +188,19 @@ class OriginChain:
     @property
     def public_key(self) -> bytes:
         return self._signer.public_key
+
+    @property
+    def recertifying(self) -> bool:
+        """Whether the next seal starts with a SignerKey recording a new certificate for the current key."""
+        return self._recertify
+
+    def recertify(self, certificate: bytes, intermediates: tuple[bytes, ...] = ()) -> None:
+        """Record a new certificate for the current key: the next seal of a
+        started chain begins with a SignerKey naming the same key and carrying
+        it, signed by that key (a rotation to the same key, so the chain rule
+        holds). On a chain not started, the genesis event carries it."""
+        self.certificate, self.intermediates = certificate, tuple(intermediates)
+        self._recertify = self._next_seq > 1
 
     def observe(self, remote_hlc: int, physical_ms: int, *, max_drift_ms: int = hlc_clock.DEFAULT_MAX_DRIFT_MS) -> None:
         """Move the clock past a remote event's HLC (HlcDriftError if it is too far ahead)."""
@@ -193,8 +223,9 @@ class OriginChain:
         now = hlc_clock.pack_hlc(physical_ms, 0)
         if max(last, now) + len(drafts) + 1 > hlc_clock.HLC_MAX:  # only at the end of time (year 10889)
             raise ValueError("HLC overflow: the clock is at its maximum value")
-        if seq == 1:
-            genesis = self._signer_key_draft(self._signer)
+        if seq == 1 or self._recertify:
+            # The genesis SignerKey, or the same key again with its new certificate.
+            genesis = self._signer_key_draft(self._signer, self.certificate, self.intermediates)
             last = last + 1 if last >= now else now
             unsigned = _link(genesis, self.origin, seq, last, prev)
             prev = digest(unsigned)
@@ -215,22 +246,29 @@ class OriginChain:
         if events and not events[-1].sig:  # `sig` is not hashed: the digest stays
             events[-1] = dataclasses.replace(events[-1], sig=self._signer.sign_digest(prev))
         self._next_seq, self._prev, self.last_hlc = seq, prev, last
+        self._recertify = False
         return Sealed(events, digests)
 
-    def rotate(self, new_signer: Signer, physical_ms: int) -> Event:
-        """A SignerKey event naming `new_signer`, signed by the current key; later batches sign with the new one."""
+    def rotate(
+        self, new_signer: Signer, physical_ms: int, *, certificate: bytes = b"", intermediates: tuple[bytes, ...] = ()
+    ) -> Event:
+        """A SignerKey event naming `new_signer` (and its certificate), signed
+        by the current key; later batches sign with the new one."""
         if self._next_seq == 1:
             raise ValueError("the chain has not started: its first seal writes the current signer's key")
         stamp = hlc_clock.tick(self.last_hlc, physical_ms)
-        unsigned = _link(self._signer_key_draft(new_signer), self.origin, self._next_seq, stamp, self._prev)
+        key_draft = self._signer_key_draft(new_signer, certificate, tuple(intermediates))
+        unsigned = _link(key_draft, self.origin, self._next_seq, stamp, self._prev)
         d = digest(unsigned)
         event = dataclasses.replace(unsigned, sig=self._signer.sign_digest(d))
         self._next_seq, self._prev, self.last_hlc, self._signer = self._next_seq + 1, d, stamp, new_signer
+        self.certificate, self.intermediates, self._recertify = certificate, tuple(intermediates), False
         return event
 
     @staticmethod
-    def _signer_key_draft(signer: Signer) -> Draft:
-        return Draft(0, SIGNER_KEY_TYPE, "", codec.encode(SignerKey(public_key=signer.public_key)))
+    def _signer_key_draft(signer: Signer, certificate: bytes, intermediates: tuple[bytes, ...]) -> Draft:
+        body = SignerKey(public_key=signer.public_key, certificate=certificate, intermediates=intermediates)
+        return Draft(0, SIGNER_KEY_TYPE, "", codec.encode(body))
 
 
 def _link(d: Draft, origin: str, seq: int, stamp: int, prev: bytes) -> Event:

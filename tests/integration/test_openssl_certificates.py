@@ -1,6 +1,6 @@
 """Certificates signed through tokens are standard X.509: the `openssl` CLI reads and verifies them.
 
-Each kind (node, sub-key, client, admin-issued client) for each root and node
+Each kind (node, sub-key, event signer, client, admin-issued client) for each root and node
 algorithm is written as PEM and checked with `openssl x509 -text -noout` and
 `openssl verify -CAfile root.pem [-untrusted issuer.pem] leaf.pem`, at a fixed
 `-attime` so the test never depends on the wall clock.
@@ -26,6 +26,7 @@ from keyswarm.crypto.certificates import (
     network_id,
     node_certificate,
     root_certificate,
+    signer_certificate,
     subkey_certificate,
 )
 from keyswarm.hardware.soft_token import SoftToken
@@ -66,6 +67,7 @@ def issue_all(directory: Path, root_algorithm: str, node_algorithm: str, seed: i
         node_token, node, Ed25519PrivateKey.generate().public_key(), X25519PrivateKey.generate().public_key(),
         node_name="n1", serial=42, now=NOW,
     )  # fmt: skip
+    signer = signer_certificate(node_token, node, Ed25519PrivateKey.generate().public_key(), node_name="n1", now=NOW)
     client_key = ec.generate_private_key(ec.SECP256R1()).public_key()
     client = client_certificate(root_token, root, client_key, client_name="app1", now=NOW)
     admin_token = token("admin.key", node_algorithm)
@@ -74,7 +76,7 @@ def issue_all(directory: Path, root_algorithm: str, node_algorithm: str, seed: i
     admin_client = client_certificate(admin_token, admin, Ed25519PrivateKey.generate().public_key(),
                                       client_name="app2", now=NOW)  # fmt: skip
     certs = {
-        "root": root, "node": node, "subkey": subkey,
+        "root": root, "node": node, "subkey": subkey, "signer": signer,
         "client": client, "admin": admin, "admin_client": admin_client,
     }  # fmt: skip
     paths = {name: write_pem(directory / f"{name}.pem", cert) for name, cert in certs.items()}
@@ -92,6 +94,7 @@ KINDS = [
     ("root", None, "root"),
     ("node", None, "node/n1"),
     ("subkey", "node", "node/n1/subkey"),
+    ("signer", "node", "node/n1/signer"),
     ("client", None, "client/app1"),
     ("admin", None, "client/ops"),
     ("admin_client", "admin", "client/app2"),

@@ -6,6 +6,8 @@ hardware and sub-keys actors. The "token unplugged" fault: the node reports
 `degraded` once its hardware actor notices, sub-key renewal fails and is
 retried with a doubling backoff, the current sub-key expires with no
 successor; plugging the key back in clears it all and the node is `ok` again.
+And each node's event signer is certified by its virtual YubiKey: a chain
+written before is recertified at the next boot and verifies up to the root.
 """
 
 from __future__ import annotations
@@ -15,11 +17,17 @@ from datetime import datetime, timezone
 from cryptography import x509
 
 from keyswarm.actors.messages import Health, HealthResult
+from keyswarm.audit import audit_log
 from keyswarm.actors.subkeys import SubkeyState
 from keyswarm.config import SubkeysConfig
 from keyswarm.crypto.chain_verify import verify_chain
+from keyswarm.node.signer_certificate import SignerCertificate
 from keyswarm.sim import Simulation
+from keyswarm.sim.node import simulated_signing_key
 from keyswarm.sim.tokens import SimTokens
+from keyswarm.storage.bodies import SIGNER_KEY_TYPE, KeyDisabled, decode_body
+from keyswarm.storage.chain import OriginChain, Signer, draft
+from keyswarm.storage.chain import verify_chain as verify_origin_chain
 
 #: Short sub-key lifetime: rotation at 60 s, expiry at 120 s of virtual time.
 LIFETIME_S = 120.0
@@ -121,3 +129,29 @@ def test_unplug_needs_the_simulation_s_own_tokens(sim_seed: int) -> None:
         sim.unplug_token("n1")
     with pytest.raises(ValueError, match="no node"):
         Simulation(sim_seed, 2).unplug_token("n9")
+
+
+def test_a_node_certifies_an_uncertified_chain_on_restart_and_it_verifies_to_the_sim_root(sim_seed: int) -> None:
+    sim = Simulation(sim_seed, 2)
+    sim.run_for(0.5)
+    assert sim.tokens is not None
+    certified: SignerCertificate = sim.tokens.signer_certificates["n1"]
+    # n1's disk holds a chain its key wrote before it had a token (as an upgraded node's does).
+    sim.crash("n1")
+    disk = sim.node("n1").event_log
+    partitions = disk.meta().partitions
+    chain = OriginChain("n1", Signer(simulated_signing_key(sim_seed, "n1")))
+    wall_ms = int(sim.node("n1").wall_time() * 1000)
+    disk.append(chain.seal([draft(KeyDisabled(name=f"k{i}"), subject=f"k{i}", partitions=partitions)
+                            for i in range(3)], wall_ms))  # fmt: skip
+    hint = f"seed={sim_seed}: {sim.replay_hint()}"
+    assert audit_log(disk, root=sim.tokens.root_certificate).warnings, hint  # uncertified so far
+    sim.restart("n1")
+    sim.run_for(1.0)
+    disk = sim.node("n1").event_log  # a new handle on the same disk
+    events = disk.read_origin("n1")
+    verify_origin_chain("n1", events, partitions=partitions)
+    keys = [(e.origin_seq, decode_body(e)) for e in events if e.type == SIGNER_KEY_TYPE]
+    assert [(seq, body.certificate) for seq, body in keys] == [(1, b""), (5, certified.certificate_der)], hint
+    report = audit_log(disk, root=sim.tokens.root_certificate, require_certified=True)
+    assert report.ok and report.certificates == 1, f"{report.findings}; {hint}"
