@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -119,18 +120,67 @@ def key_file_signer(path: str | os.PathLike[str], passphrase: str | bytes | None
     raise CredentialsError(f"key file {path}: a client key is Ed25519 or P-256, not {type(key).__name__}")
 
 
-def slot_9a_signer(spec: str, pin: str | None = None, *, management_key: bytes | None = None) -> Signer:
-    """A signer over the key in PIV slot 9a of a YubiKey (`yubikey:SERIAL` or `virtual:PATH`)."""
+def slot_9a_signer(spec: str, pin: str | None = None, *, management_key: bytes | None = None,
+                   keep_open: bool = True) -> Signer:
+    """A signer over the key in PIV slot 9a of a YubiKey (`yubikey:SERIAL` or `virtual:PATH`).
+
+    `keep_open` (the default) keeps one PIV session to the device between
+    signatures, so the PIN is verified once, not at every handshake: a
+    PIN verify costs ~10 ms and resets the PIN retry counter in the
+    device's flash each time. While the signer lives, this process holds the
+    device's PIV session (`close()` it to let others in). A session that
+    fails (the device was unplugged, the PIN state was lost) is dropped and
+    the signature tried once more on a fresh one, with the PIN; a failure on
+    a fresh session (a wrong PIN above all) is raised at once, so no PIN try
+    is ever spent twice. `keep_open=False` opens the device for each
+    signature, as a one-shot command does.
+    """
     from keyswarm.hardware.client_slot import ClientSlot
     from keyswarm.hardware.specs import parse_token_spec
 
     parsed = parse_token_spec(spec)
+    if not keep_open:
+        def sign_once(data: bytes) -> bytes:
+            with ClientSlot.open(parsed, management_key=management_key) as slot:
+                return slot.sign(data, pin=pin)
 
-    def sign(data: bytes) -> bytes:
-        with ClientSlot.open(parsed, management_key=management_key) as slot:
-            return slot.sign(data, pin=pin)
+        return sign_once
+    return _KeptSlotSigner(lambda: ClientSlot.open(parsed, management_key=management_key), pin)
 
-    return sign
+
+class _KeptSlotSigner:
+    """`slot_9a_signer(keep_open=True)`: one PIV session, opened on first use, kept (thread-safe)."""
+
+    def __init__(self, open_slot: Callable[[], Any], pin: str | None):
+        self._open_slot = open_slot
+        self._pin = pin
+        self._slot: Any = None
+        self._lock = threading.Lock()
+        self.opened = 0  # sessions opened so far
+
+    def __call__(self, data: bytes) -> bytes:
+        with self._lock:
+            for _ in range(2):
+                fresh = self._slot is None
+                if fresh:
+                    self._slot = self._open_slot()
+                    self.opened += 1
+                slot = self._slot
+                try:
+                    # The PIN only on a fresh session: slot 9a's PIN policy keeps it verified for the session.
+                    return slot.sign(data, pin=self._pin if fresh else None)
+                except KeyswarmError:
+                    self._slot = None
+                    slot.close()
+                    if fresh:
+                        raise
+            raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._slot is not None:
+                self._slot.close()
+                self._slot = None
 
 
 def _signer_of(key: object, passphrase: str | bytes | None) -> Signer:
