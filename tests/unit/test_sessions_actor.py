@@ -53,6 +53,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 # --- handshake and round trips --------------------------------------------------------------
 
 
+def test_clients_offering_aes_and_clients_offering_nothing_are_served_side_by_side(pki: Pki, sim_seed: int) -> None:
+    """Suite negotiation through the actor: an AES-256-GCM session and a ChaCha20-Poly1305 one on one node."""
+    net = session_net(pki, sim_seed, table=policy(APP1))
+    aes, chacha = Client(net, "app1", seed=1, identity=b"c-aes"), Client(net, "app1", seed=2, identity=b"c-chacha")
+    assert (aes.suites, chacha.suites) == ((2, 1), ())
+    for client, suite in ((aes, 2), (chacha, 1)):
+        session = client.handshake()
+        assert session.channel.suite == suite
+        assert net.actor().table.peek(session.session_id).suite == suite
+        assert client.call(Echo(payload=b"s%d" % suite)) == EchoResult(payload=b"s%d" % suite, node="n1")
+    resumed = aes.resume("n1")
+    assert resumed.channel.suite == 2 and aes.call(Echo(payload=b"again")).payload == b"again"
+
+
 def test_full_handshake_opens_a_session_and_requests_round_trip(pki: Pki, sim_seed: int) -> None:
     net = session_net(pki, sim_seed, table=policy(APP1))
     client = Client(net, "app1")
