@@ -1,6 +1,10 @@
 """Storage KPIs: durable appends, replay, restart from snapshots, audit.
 
-    python bench/storage.py [--quick] [--out DIR]
+    python bench/storage.py [--quick] [--out DIR] [--only durable,commits,replay,restart,audit]
+
+`--only` runs only the named parts (and writes only their records): `durable`
+is both `durable_events_per_s` measurements, `commits` the two
+`LmdbLog.append` ones; the big log is built only for replay, restart or audit.
 
 Writes bench/results/storage.json (DESIGN section 11, issue 3):
 
@@ -73,6 +77,8 @@ T0_MS = 1_750_000_000_000
 APPENDERS = 64
 PIPELINE_DEPTH = 8
 TARGETS = {"durable": 100_000, "replay_s": 10.0, "restart_s": 1.0}
+#: What `--only` can select.
+PARTS = ("durable", "commits", "replay", "restart", "audit")
 
 
 # --- the workload -------------------------------------------------------------------------
@@ -306,10 +312,12 @@ def actor_appends(root: Path, *, depth: int, duration_s: float, warmup_s: float)
         node = NodeThread(config, actors=actors, services=services).start()
         try:
             time.sleep(warmup_s)
-            t0, a0 = time.perf_counter(), meter.acked
+            t0, c0, a0 = time.perf_counter(), time.process_time(), meter.acked
             time.sleep(duration_s)
-            t1, a1, failed = time.perf_counter(), meter.acked, meter.failed
+            t1, c1, a1, failed = time.perf_counter(), time.process_time(), meter.acked, meter.failed
             stats = node.call(lambda: dict(vars_of(node.driver.runtime.actor(STORAGE).stats)))
+            # CPU per acked event (every thread of the process): steadier than the rate on a shared machine.
+            stats["cpu_us_per_event"] = (c1 - c0) / max(1, a1 - a0) * 1e6
         finally:
             meter.stopping = True
             node.stop()
@@ -341,7 +349,12 @@ def measure(label: str, runs: int, fn: Callable[[], float]) -> tuple[float, list
 
 def main(argv: list[str] | None = None) -> int:
     parser = add_bench_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser.add_argument("--only", default=",".join(PARTS), metavar="PARTS",
+                        help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)")
     args = parser.parse_args(argv)
+    only = {part.strip() for part in args.only.split(",") if part.strip()}
+    if not only or only - set(PARTS):
+        parser.error(f"--only takes parts among {', '.join(PARTS)}, not {args.only!r}")
     from keyswarm.node.event_log_service import SNAPSHOT_EVERY_EVENTS
 
     quick = args.quick
@@ -354,68 +367,75 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="keyswarm-bench-storage-"))
     try:
         # Durable appends: the actor first (the machine is at its quietest before the big log exists).
-        actor_results = {}
-        for depth in (1, PIPELINE_DEPTH):
-            stats: list[dict] = []
+        if "durable" in only:
+            actor_results = {}
+            for depth in (1, PIPELINE_DEPTH):
+                stats: list[dict] = []
 
-            def once(depth: int = depth, stats: list[dict] = stats) -> float:
-                rate, s = actor_appends(root, depth=depth, **timing)
-                stats.append(s)
-                return rate
+                def once(depth: int = depth, stats: list[dict] = stats) -> float:
+                    rate, s = actor_appends(root, depth=depth, **timing)
+                    stats.append(s)
+                    return rate
 
-            rate, values = measure(f"durable via storage actor, depth {depth}", runs, once)
-            actor_results[depth] = (rate, values, stats[len(stats) // 2])
-        for depth, metric in ((1, "storage.durable_events_per_s"), (PIPELINE_DEPTH, "storage.durable_events_per_s.pipelined")):
-            rate, values, stats = actor_results[depth]
-            records.append(record(metric, round(rate), "events/s", target=TARGETS["durable"], params={
-                **common, "appenders": APPENDERS, "in_flight_per_appender": depth, "events_per_append": 1,
-                "runs": runs, "values": [round(v) for v in values], **timing,
-                "storage_actor_stats": {k: stats.get(k) for k in ("commits", "events", "max_batch_events", "max_batch_requests", "late_appends")},
-            }))
-        single_n = 300 if quick else 1000
-        single, values = measure("LmdbLog.append, 1 event per commit", runs, lambda: direct_commits(root, batch=1, batches=single_n))
-        records.append(record("storage.single_commit_per_s", round(single), "commits/s",
-                              params={**common, "events": single_n, "runs": runs, "values": [round(v) for v in values]}))
-        b1000, values = measure("LmdbLog.append, 1,000 events per commit", runs,
-                                lambda: direct_commits(root, batch=1000, batches=20 if quick else 60))
-        records.append(record("storage.batch_commit_events_per_s.b1000", round(b1000), "events/s",
-                              params={**common, "runs": runs, "values": [round(v) for v in values]}))
+                rate, values = measure(f"durable via storage actor, depth {depth}", runs, once)
+                print(f"{'':<44} CPU us/event {[round(s['cpu_us_per_event'], 1) for s in stats]}", flush=True)
+                actor_results[depth] = (rate, values, stats[len(stats) // 2])
+            for depth, metric in ((1, "storage.durable_events_per_s"), (PIPELINE_DEPTH, "storage.durable_events_per_s.pipelined")):
+                rate, values, stats = actor_results[depth]
+                records.append(record(metric, round(rate), "events/s", target=TARGETS["durable"], params={
+                    **common, "appenders": APPENDERS, "in_flight_per_appender": depth, "events_per_append": 1,
+                    "runs": runs, "values": [round(v) for v in values], **timing,
+                    "storage_actor_stats": {k: stats.get(k) for k in ("commits", "events", "max_batch_events", "max_batch_requests", "late_appends", "cpu_us_per_event")},
+                }))
+        if "commits" in only:
+            single_n = 300 if quick else 1000
+            single, values = measure("LmdbLog.append, 1 event per commit", runs, lambda: direct_commits(root, batch=1, batches=single_n))
+            records.append(record("storage.single_commit_per_s", round(single), "commits/s",
+                                  params={**common, "events": single_n, "runs": runs, "values": [round(v) for v in values]}))
+            b1000, values = measure("LmdbLog.append, 1,000 events per commit", runs,
+                                    lambda: direct_commits(root, batch=1000, batches=20 if quick else 60))
+            records.append(record("storage.batch_commit_events_per_s.b1000", round(b1000), "events/s",
+                                  params={**common, "runs": runs, "values": [round(v) for v in values]}))
 
-        # The big log.
-        path = root / "log"
-        built = build_log(path, events, node_every=SNAPSHOT_EVERY_EVENTS)
-        print(f"built {built.events:,} events in {built.seconds:.1f} s", flush=True)
-        log_params = {**common, "events": built.events, "key_names": KEY_NAMES, "origins": len(ORIGINS), "batch": BATCH,
-                      "mix_after_create": dict(MIX, enable=0.30), "page_cache": "warm (the log was just written)"}
-        replay, values = measure("replay: read + decode + fold every partition", runs, lambda: replay_once(path))
-        # --quick replays 100,000 events: the target scales with the log (10 us per event).
-        records.append(record("storage.replay_1m_s", round(replay, 3), "s", target=TARGETS["replay_s"] * events / 1_000_000,
-                              higher_is_better=False,
-                              params={**log_params, "runs": runs, "values": [round(v, 3) for v in values],
-                                      "us_per_event": round(replay / built.events * 1e6, 2)}))
-        write_snapshots(path, built.global_snapshots)
-        tail = built.events - sum(s.seq for s in built.global_snapshots.values())
-        restart, values = measure("restart: snapshot + tail, global 10k rounds", runs, lambda: restart_once(path, check_on_open=False))
-        records.append(record("storage.restart_from_snapshot_s", round(restart, 3), "s", target=TARGETS["restart_s"], higher_is_better=False,
-                              params={**log_params, "runs": runs, "values": [round(v, 3) for v in values], "tail_events": tail,
-                                      "snapshots": f"every {SNAPSHOT_ROUND_EVENTS:,} events of the log, the last round {SNAPSHOT_ROUND_EVENTS:,} events back"}))
-        write_snapshots(path, built.node_snapshots)
-        tail = built.events - sum(s.seq for s in built.node_snapshots.values())
-        checks: list[float] = []
-        restart, values = measure("restart: node policy + check on open", runs,
-                                  lambda: restart_once(path, check_on_open=True, check_times=checks))
-        records.append(record("storage.restart_from_snapshot_s.node_policy", round(restart, 3), "s", target=TARGETS["restart_s"],
-                              higher_is_better=False, params={**log_params, "runs": runs, "values": [round(v, 3) for v in values],
-                                                              "tail_events": tail, "snapshot_every_per_partition": SNAPSHOT_EVERY_EVENTS,
-                                                              "includes": "check_log_on_open + load_partition_state of every partition",
-                                                              "check_log_on_open_s": [round(v, 3) for v in checks]}))
-        for parallel, metric in ((True, "storage.audit_verify_us_per_event"), (False, "storage.audit_verify_us_per_event.jobs1")):
-            per_event, values = measure(f"audit verify, {'2 processes' if parallel else '1 process'} (us/event)", audit_runs,
-                                        lambda parallel=parallel: audit_once(path, parallel=parallel)[0])
-            records.append(record(metric, round(per_event, 2), "us/event", higher_is_better=False,
-                                  params={**log_params, "runs": audit_runs, "values": [round(v, 2) for v in values],
-                                          "processes": 2 if parallel else 1,
-                                          "seconds": round(per_event * built.events / 1e6, 2)}))
+        if only & {"replay", "restart", "audit"}:
+            # The big log.
+            path = root / "log"
+            built = build_log(path, events, node_every=SNAPSHOT_EVERY_EVENTS)
+            print(f"built {built.events:,} events in {built.seconds:.1f} s", flush=True)
+            log_params = {**common, "events": built.events, "key_names": KEY_NAMES, "origins": len(ORIGINS), "batch": BATCH,
+                          "mix_after_create": dict(MIX, enable=0.30), "page_cache": "warm (the log was just written)"}
+            if "replay" in only:
+                replay, values = measure("replay: read + decode + fold every partition", runs, lambda: replay_once(path))
+                # --quick replays 100,000 events: the target scales with the log (10 us per event).
+                records.append(record("storage.replay_1m_s", round(replay, 3), "s", target=TARGETS["replay_s"] * events / 1_000_000,
+                                      higher_is_better=False,
+                                      params={**log_params, "runs": runs, "values": [round(v, 3) for v in values],
+                                              "us_per_event": round(replay / built.events * 1e6, 2)}))
+            if "restart" in only:
+                write_snapshots(path, built.global_snapshots)
+                tail = built.events - sum(s.seq for s in built.global_snapshots.values())
+                restart, values = measure("restart: snapshot + tail, global 10k rounds", runs, lambda: restart_once(path, check_on_open=False))
+                records.append(record("storage.restart_from_snapshot_s", round(restart, 3), "s", target=TARGETS["restart_s"], higher_is_better=False,
+                                      params={**log_params, "runs": runs, "values": [round(v, 3) for v in values], "tail_events": tail,
+                                              "snapshots": f"every {SNAPSHOT_ROUND_EVENTS:,} events of the log, the last round {SNAPSHOT_ROUND_EVENTS:,} events back"}))
+                write_snapshots(path, built.node_snapshots)
+                tail = built.events - sum(s.seq for s in built.node_snapshots.values())
+                checks: list[float] = []
+                restart, values = measure("restart: node policy + check on open", runs,
+                                          lambda: restart_once(path, check_on_open=True, check_times=checks))
+                records.append(record("storage.restart_from_snapshot_s.node_policy", round(restart, 3), "s", target=TARGETS["restart_s"],
+                                      higher_is_better=False, params={**log_params, "runs": runs, "values": [round(v, 3) for v in values],
+                                                                      "tail_events": tail, "snapshot_every_per_partition": SNAPSHOT_EVERY_EVENTS,
+                                                                      "includes": "check_log_on_open + load_partition_state of every partition",
+                                                                      "check_log_on_open_s": [round(v, 3) for v in checks]}))
+            if "audit" in only:
+                for parallel, metric in ((True, "storage.audit_verify_us_per_event"), (False, "storage.audit_verify_us_per_event.jobs1")):
+                    per_event, values = measure(f"audit verify, {'2 processes' if parallel else '1 process'} (us/event)", audit_runs,
+                                                lambda parallel=parallel: audit_once(path, parallel=parallel)[0])
+                    records.append(record(metric, round(per_event, 2), "us/event", higher_is_better=False,
+                                          params={**log_params, "runs": audit_runs, "values": [round(v, 2) for v in values],
+                                                  "processes": 2 if parallel else 1,
+                                                  "seconds": round(per_event * built.events / 1e6, 2)}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     write_results("storage", records, out_dir=args.out)

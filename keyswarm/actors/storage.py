@@ -158,10 +158,15 @@ class AppendBatch:
     `digests[i]` is `digest(events[i])` as the sealer computed it (None: the
     log computes them); the log trusts them only because they come from this
     process's sealer (docs/storage.md, "Performance of the append path").
+    `bodies[i]` is `events[i]`'s typed body as the draft check decoded it
+    from those bytes and checked it against that envelope, or None (None for
+    all: not known); the fold then does not decode it again, on the same
+    trust: only the storage actor's own check produces them.
     """
 
     events: tuple[Event, ...]
     digests: tuple[bytes, ...] | None = None
+    bodies: tuple[object, ...] | None = None
 
     def __repr__(self) -> str:  # the simulator's trace shows requests; a batch can hold 1,000 events
         if not self.events:
@@ -233,11 +238,12 @@ class StorageStats:
 
 
 class _Request:
-    __slots__ = ("sender", "drafts", "queued_at")
+    __slots__ = ("sender", "drafts", "bodies", "queued_at")
 
-    def __init__(self, sender: Sender, drafts: tuple[EventDraft, ...], queued_at: float):
+    def __init__(self, sender: Sender, drafts: tuple[EventDraft, ...], bodies: list[object], queued_at: float):
         self.sender = sender
         self.drafts = drafts
+        self.bodies = bodies  # the drafts' typed bodies, as the draft check decoded them
         self.queued_at = queued_at
 
 
@@ -393,7 +399,8 @@ class StorageActor(Actor):
             ctx.reply(Failure.of(ErrorCode.UNAVAILABLE if self.signer is None else ErrorCode.INTERNAL, self.refusal))
             return
         drafts = msg.drafts
-        problem = self._check(drafts)
+        bodies: list[object] = []
+        problem = self._check(drafts, bodies)
         if problem is not None:
             self.stats.requests_refused += 1
             ctx.reply(Failure.of(ErrorCode.BAD_REQUEST, problem))
@@ -403,7 +410,7 @@ class StorageActor(Actor):
             self.stats.requests_failed += 1
             ctx.reply(Failure.of(ErrorCode.BUSY, f"the storage queue holds {flow.queued_events} events; retry later"))
             return
-        flow.queue.append(_Request(ctx.sender, drafts, ctx.now()))
+        flow.queue.append(_Request(ctx.sender, drafts, bodies, ctx.now()))
         flow.queued_events += len(drafts)
         if self.chain is None:
             return  # the head load flushes
@@ -420,9 +427,10 @@ class StorageActor(Actor):
         elif flow.timer is None:
             flow.timer = ctx.start_timer(0.0, _END_OF_BURST)
 
-    def _check(self, drafts: tuple[EventDraft, ...]) -> str | None:
+    def _check(self, drafts: tuple[EventDraft, ...], bodies: list[object]) -> str | None:
         """Why these drafts cannot be sealed, or None. Checked before sealing:
         an event the verifier would reject must never enter the chain.
+        Appends each draft's decoded body to `bodies` (the fold reuses them).
 
         The checks are `decode_body`'s and `partition_of`'s, with two memos
         that change no outcome: the partition of a subject (a pure function
@@ -457,13 +465,15 @@ class StorageActor(Actor):
             cls = classes.get(kind) if type(kind) is int else None
             try:
                 if cls is None:  # the first draft of its type (or not a body at all): the general path
-                    decode_body(d)  # type: ignore[arg-type]  # a Draft is an envelope with type and body
+                    typed = decode_body(d)  # type: ignore[arg-type]  # a Draft is an envelope with type and body
                     if type(kind) is int and kind in BODY_TAGS:
                         classes[kind] = codec.by_tag(kind)  # type: ignore[assignment]
                 else:  # what decode_body does once the type is known to be a body
-                    check_envelope(d, decode(body, expect=cls))
+                    typed = decode(body, expect=cls)
+                    check_envelope(d, typed)
             except DecodeError as exc:
                 return f"draft body does not decode: {exc}"
+            bodies.append(typed)
         return None
 
     # --- the durable head ------------------------------------------------------------
@@ -576,6 +586,7 @@ class StorageActor(Actor):
         queue, limit = flow.queue, self.max_events
         requests: list[_Request] = []
         drafts: list[EventDraft] = []
+        bodies: list[object] = []
         now = ctx.now()
         stats = self.stats
         max_delay = self.max_delay_s
@@ -583,6 +594,7 @@ class StorageActor(Actor):
             request = queue.popleft()
             requests.append(request)
             drafts.extend(request.drafts)
+            bodies.extend(request.bodies)
             waited = now - request.queued_at
             if waited > max_delay:
                 stats.late_appends += 1
@@ -595,8 +607,9 @@ class StorageActor(Actor):
         events, digests = chain.seal_batch(drafts, int(ctx.wall_time() * 1000))  # type: ignore[arg-type]  # EventDraft is a Draft
         if self._inflight:
             stats.pipelined_commits += 1
-        ticket = ctx.ask(EVENT_LOG_SERVICE, AppendBatch(tuple(events), tuple(digests)))
-        self._inflight.append(_Commit(ticket, requests, events, len(events) - len(drafts)))
+        offset = len(events) - len(drafts)  # a SignerKey may lead: its body is not known here
+        ticket = ctx.ask(EVENT_LOG_SERVICE, AppendBatch(tuple(events), tuple(digests), (None,) * offset + tuple(bodies)))
+        self._inflight.append(_Commit(ticket, requests, events, offset))
         if self._ready():  # a second full batch queued: seal it behind this one
             self._flush(ctx)
 
@@ -616,6 +629,15 @@ class StorageActor(Actor):
             reply_to = ctx.reply_to
             for request in commit.requests:
                 n = len(request.drafts)
+                if n == 1:  # the common request: no slices
+                    position, event = positions[offset], events[offset]
+                    assert position is not None, "a freshly sealed event was already in the log: the chain forked"
+                    first = event.origin_seq
+                    reply_to(request.sender, EventsAppended(
+                        origin=origin, first_seq=first, last_seq=first, local_seqs=(position[1],), events=(event,),
+                    ))
+                    offset += 1
+                    continue
                 end = offset + n
                 placed = positions[offset:end]
                 assert None not in placed, "a freshly sealed event was already in the log: the chain forked"

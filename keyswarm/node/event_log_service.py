@@ -126,7 +126,7 @@ class EventLogService:
             self.log.commit()
         else:
             result = self.log.append(request.events, digests=request.digests)
-        self._fold_committed(request.events, result)
+        self._fold_committed(request.events, result, request.bodies)
         return result
 
     def load_head(self, origin: str, *, with_certificate: bool = False) -> HeadLoaded:
@@ -231,11 +231,16 @@ class EventLogService:
 
     # --- snapshots -------------------------------------------------------------------
 
-    def _fold_committed(self, events: tuple[Event, ...], result: AppendResult) -> None:
-        """Fold a durable batch into the in-memory states; write the snapshots now due."""
+    def _fold_committed(self, events: tuple[Event, ...], result: AppendResult, bodies: tuple[object, ...] | None = None) -> None:
+        """Fold a durable batch into the in-memory states; write the snapshots now due.
+        `bodies`: the events' typed bodies as the storage actor's draft check
+        decoded them (`AppendBatch.bodies`), so the fold does not decode them again."""
         folded = self._folded
         last: dict[int, int] = {}
-        for event, position in zip(events, result.positions):
+        if bodies is None:
+            bodies = (None,) * len(events)
+        assert len(bodies) == len(events), "an AppendBatch carries one body (or None) per event"
+        for event, position, body in zip(events, result.positions, bodies):
             if position is None:
                 continue  # a duplicate: folded when it was first appended
             partition, seq = position
@@ -252,7 +257,7 @@ class EventLogService:
                 del folded[partition]
                 continue
             try:
-                state.state.apply(event)
+                state.state.apply(event, body)
             except DecodeError as exc:  # left unchanged by apply; the snapshot path names the record
                 log.error("partition %d seq %d does not fold (%s); its snapshot will fold it from the log", partition, seq, exc)
                 del folded[partition]

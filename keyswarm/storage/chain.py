@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from keyswarm.errors import DecodeError, StorageError
 from keyswarm.storage import hlc as hlc_clock
 from keyswarm.storage.bodies import SIGNER_KEY_TYPE, SignerKey, check_envelope, decode_body, tag_of_body
-from keyswarm.storage.events import DIGEST_BYTES, GENESIS_PREV, Event, Head, digest, partition_of
+from keyswarm.storage.events import DIGEST_BYTES, GENESIS_PREV, Event, Head, digest, event_and_digest, partition_of
 from keyswarm.transport import codec
 
 #: Prefix of every signed message (domain separation).
@@ -237,9 +237,7 @@ class OriginChain:
             if d.type == SIGNER_KEY_TYPE:  # a key change must go through rotate(), or the chain stops verifying
                 raise ValueError("SignerKey events are written by OriginChain.rotate, not sealed as drafts")
             last = last + 1 if last >= now else now
-            event = Event(partition=d.partition, origin=origin, origin_seq=seq, hlc=last, type=d.type,
-                          subject=d.subject, body=d.body, prev=prev)
-            prev = digest(event)
+            event, prev = event_and_digest(d.partition, origin, seq, last, d.type, d.subject, d.body, prev)
             events.append(event)
             digests.append(prev)
             seq += 1

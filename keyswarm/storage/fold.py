@@ -34,7 +34,9 @@ Rules (docs/storage.md, "The fold"):
   keeps the fold convergent (a record that falls out can never come back
   above the ones that pushed it out). A tombstone forgets them with the rest.
 - Pure: `fold` copies the state it starts from. `PartitionState.apply`
-  mutates, for actors that fold one event at a time.
+  mutates, for actors that fold one event at a time; it takes the decoded
+  body from a caller that already decoded and checked it (the node's own
+  commits), and decodes it otherwise.
 - Events whose type is not a key body (SignerKey, later policies) leave the
   keys alone; `covered` still records them.
 """
@@ -272,12 +274,19 @@ class PartitionState:
         key = self.keys.get(name)
         return key if key is not None and key.exists else None
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event, body: Any = None) -> None:
         """Fold one event in place. DecodeError when a key body does not
-        decode or disagrees with its envelope (the caller names the record)."""
+        decode or disagrees with its envelope (the caller names the record).
+
+        `body`: the event's typed body when the caller already has it, i.e.
+        `decode_body(event)`'s result, decoded from these very `event.body`
+        bytes and checked against this envelope (the storage actor's draft
+        check, for the node's own commits). Then it is not decoded again;
+        one of another type than the event's is ignored, and the body decoded.
+        """
         origin = event.origin
         cls = _KEY_BODY_BY_TAG.get(event.type)
-        if cls is not None:  # decode before changing anything: a bad event leaves the state as it was
+        if cls is not None and type(body) is not cls:  # decode before changing anything: a bad event leaves the state as it was
             body = codec.decode(event.body, expect=cls)
             check_envelope(event, body)
         if event.origin_seq > self.covered.get(origin, 0):

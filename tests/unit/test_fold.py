@@ -23,6 +23,7 @@ from keyswarm.storage.bodies import (
     KeyEnabled,
     KeyVersionAdded,
     SignerKey,
+    decode_body,
     tag_of_body,
 )
 from keyswarm.storage.events import GENESIS_PREV, Event
@@ -296,6 +297,34 @@ def test_a_key_body_that_does_not_decode_is_a_decode_error() -> None:
         state.apply(bad)
     assert state == PartitionState()  # a bad event changes nothing, not even `covered`
 
+
+
+@PROPERTY
+@given(events=histories())
+def test_apply_with_the_decoded_body_folds_exactly_what_apply_decoding_it_does(events: list[Event]) -> None:
+    # The storage actor hands the fold the body its draft check decoded (AppendBatch.bodies).
+    decoding, given_bodies = PartitionState(), PartitionState()
+    for event in events:
+        decoding.apply(event)
+        given_bodies.apply(event, decode_body(event))
+        assert given_bodies == decoding
+    assert encode_state(given_bodies) == encode_state(decoding)
+
+
+def test_apply_decodes_a_body_of_another_type_than_the_event_s() -> None:
+    event = ev("n1", 1, created("k", b"v1"))
+    state = PartitionState()
+    state.apply(event, KeyDisabled(name="k"))  # not the event's body type: ignored, the body is decoded
+    assert state == fold([event])
+    bad = dataclasses.replace(event, body=b"\x93\x01")
+    with pytest.raises(DecodeError):
+        PartitionState().apply(bad, KeyDisabled(name="k"))
+    signer_body = SignerKey(public_key=b"k" * 32)
+    signer = Event(partition=0, origin="n9", origin_seq=1, hlc=1, type=tag_of_body(signer_body), subject="",
+                   body=codec.encode(signer_body), prev=GENESIS_PREV)
+    state = PartitionState()
+    state.apply(signer, signer_body)  # not a key body: covered, keys untouched
+    assert state == fold([signer])
 
 # --- snapshots -------------------------------------------------------------------
 

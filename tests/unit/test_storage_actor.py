@@ -30,7 +30,7 @@ from keyswarm.actors.storage import (
 )
 from keyswarm.errors import ErrorCode, KeyswarmError, StorageError
 from keyswarm.node.event_log_service import EventLogService, check_log_on_open
-from keyswarm.storage.bodies import SIGNER_KEY_TYPE, KeyCreated, KeyDisabled
+from keyswarm.storage.bodies import SIGNER_KEY_TYPE, KeyCreated, KeyDisabled, decode_body
 from keyswarm.storage.chain import Signer, draft, verify_chain
 from keyswarm.storage.events import digest
 from keyswarm.storage.fold import fold
@@ -200,6 +200,24 @@ def test_an_idle_append_is_submitted_at_the_end_of_the_burst_without_delay() -> 
     assert ack == EventsAppended(origin=NODE, first_seq=2, last_seq=2, local_seqs=(1,), events=batch.events[1:])
     h.chain()
 
+
+
+def test_a_batch_carries_the_bodies_the_draft_check_decoded_and_folds_them() -> None:
+    h = started()
+    for version in (b"v1", b"v2"):  # the first commit loads the partitions' states, the second is folded onto them
+        h.send(0, append("a", "b"))
+        h.send(1, AppendEvents.of([draft(KeyCreated(name="c", algorithm="aes256-gcm", version_id=version, material=b"m"),
+                                         subject="c", partitions=PARTITIONS)]))
+        h.fire()
+        batch = h.batches()[-1]
+        h.serve()
+    first = h.batches()[0]
+    assert first.events[0].type == SIGNER_KEY_TYPE and first.bodies is not None
+    assert first.bodies[0] is None, "the genesis SignerKey is the chain's, not a checked draft"
+    assert list(first.bodies[1:]) == [decode_body(e) for e in first.events[1:]]
+    assert batch.bodies is not None and list(batch.bodies) == [decode_body(e) for e in batch.events]
+    for partition in {e.partition for e in batch.events}:  # folded as the log's own fold does
+        assert h.service._folded[partition].state == fold(e for _, e in h.log.iter_partition(partition))
 
 def test_a_full_batch_is_sealed_behind_the_commit_in_flight_and_a_partial_one_waits() -> None:
     h = started(requesters=5, max_events=4)
