@@ -7,6 +7,8 @@ import dataclasses
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from test_handshake import Net, Pair, net, refused  # noqa: F401 (net: the fixture)
 
@@ -14,6 +16,8 @@ from keyswarm.crypto.handshake import ClientCredentials, ClientHandshake, PeerAu
 from keyswarm.crypto.resumption import ClientResumption, accept_resume
 from keyswarm.crypto.session_keys import (
     IN_PLACE_FROM_BYTES,
+    FrameNotAuthentic,
+    Replayed,
     SUITE_AES256_GCM,
     SUITE_CHACHA20_POLY1305,
     SessionChannel,
@@ -202,3 +206,26 @@ def test_a_large_frame_over_the_bin_limit_is_refused() -> None:
     with pytest.raises(DecodeError):
         parse_frame(frame, limits=Limits(max_bin_bytes=IN_PLACE_FROM_BYTES))
     assert open_frame(channels(2)[1], frame, window=None)[0] == 0
+
+
+_LARGE_FRAME = bytes(channels(2)[0].seal(bytes(range(256)) * 300))  # 76,800 B of plaintext: the in-place path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(_LARGE_FRAME) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+       st.integers(-40, 40))
+def test_mutated_large_frames_never_escape_as_anything_but_decode_or_auth_errors(edits, resize) -> None:
+    """Hostile bytes on the copy-free parser: byte edits in the head or body and truncation or padding
+    give DecodeError or an authentication failure (never another exception, never a plaintext)."""
+    frame = bytearray(_LARGE_FRAME)
+    for at, value in edits:
+        frame[at] = value
+    frame = frame[:len(frame) + resize] if resize < 0 else frame + bytes(resize)
+    if bytes(frame) == _LARGE_FRAME:
+        return
+    node = channels(2)[1]
+    try:
+        node.open(bytes(frame))
+    except (DecodeError, FrameNotAuthentic, Replayed):
+        return
+    raise AssertionError("a mutated frame opened")
