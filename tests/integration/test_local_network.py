@@ -156,6 +156,8 @@ def test_keyswarm_up_demo_runs_and_stops_every_node(tmp_path: Path) -> None:
     assert re.search(r"rotation: app1/aes v1 -> v2 half-way through; (\d+)/\1 ciphertexts .* still decrypt  ok", out), out
     assert "no replication yet" in out
     assert re.search(r"refused as it should be: app1 encrypt app2/x -> FORBIDDEN", out), out
+    assert re.search(r"envelope: 8 MiB sealed in app1's process .* opened again  ok", out), out
+    assert re.search(r"the session itself runs (aes256-gcm|chacha20-poly1305)", out), out
     summary = out[out.index("8. summary:"):]
     for op in ("encrypt", "decrypt", "sign", "verify", "hmac", "key.rotate"):
         row = re.search(rf"^  {re.escape(op)} +(\d+) +0 +[\d.]+ +[\d.]+ +[\d.]+$", summary, re.M)
