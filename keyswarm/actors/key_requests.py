@@ -249,8 +249,7 @@ class KeyRequests:
             ready = memo.get((name, op))
             if ready is not None:
                 return ready
-        self._usable(state, name, op)
-        ready = self.ring.primary(state, name, now=now)
+        ready = self.ring.primary_of(self._usable(state, name, op), now=now)
         if memo is not None:
             memo[(name, op)] = ready
         return ready
