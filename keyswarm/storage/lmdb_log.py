@@ -67,6 +67,19 @@ _crc32 = zlib.crc32
 _T = TypeVar("_T")
 
 
+def _begin(env: Any, **kwargs: Any) -> Any:
+    """`env.begin(**kwargs)` for reading, adopting the map size another process grew meanwhile
+    (LMDB's MDB_MAP_RESIZED): a reader opened beside a writer, even on its very first transaction."""
+    for attempt in range(_RESIZE_ATTEMPTS):
+        try:
+            return env.begin(**kwargs)
+        except lmdb.MapResizedError:
+            if attempt == _RESIZE_ATTEMPTS - 1:
+                raise
+            env.set_mapsize(0)  # another process grew the map: adopt its size
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def _lmdb_errors(path: Path, doing: str) -> Iterator[None]:
     """The one place LMDB's exceptions become keyswarm's (httpcore's map_exceptions)."""
@@ -160,7 +173,7 @@ class LmdbLog(EventLog):
 
     @staticmethod
     def _open_dbs(env: Any, path: Path, expected: LogMeta | None, creating: bool) -> tuple[LogMeta, dict[str, Any]]:
-        with env.begin() as txn:
+        with _begin(env) as txn:
             names = {bytes(k) for k in txn.cursor().iternext(values=False)}
         if not names:
             if not creating or expected is None:
@@ -175,7 +188,7 @@ class LmdbLog(EventLog):
         if b"meta" not in names:
             listed = ", ".join(sorted(n.decode("utf-8", "replace") for n in names))
             raise StorageError(f"{path} holds an LMDB environment, not a keyswarm event log (databases: {listed})")
-        with env.begin(db=env.open_db(b"meta", create=False)) as txn:
+        with _begin(env, db=env.open_db(b"meta", create=False)) as txn:
             meta = parse_meta({key: txn.get(key) for key in META_KEYS}, path)
         missing = [name for name in DB_NAMES if name.encode() not in names]
         if missing:
@@ -195,15 +208,7 @@ class LmdbLog(EventLog):
     def _read(self, doing: str) -> Iterator[Any]:
         """A short read transaction under the handle's lock; values are zero-copy views."""
         with self._lock, _lmdb_errors(self._path, doing):
-            env = self._env_open()
-            for attempt in range(_RESIZE_ATTEMPTS):
-                try:
-                    txn = env.begin(buffers=True)
-                    break
-                except lmdb.MapResizedError:
-                    if attempt == _RESIZE_ATTEMPTS - 1:
-                        raise
-                    env.set_mapsize(0)  # another process grew the map: adopt its size
+            txn = _begin(self._env_open(), buffers=True)
             try:
                 yield txn
             finally:

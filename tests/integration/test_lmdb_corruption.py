@@ -402,3 +402,31 @@ def test_a_read_only_reader_beside_a_writer_sees_consistent_data(tmp_path: Path)
         if writer.poll() is None:
             writer.kill()
         writer.wait(timeout=30)
+
+
+def test_a_reader_adopts_a_map_another_process_grew_even_on_its_first_transaction() -> None:
+    """MDB_MAP_RESIZED on a reader's first transaction (while it opens the log) or any later one:
+    the reader adopts the new size and goes on; only a map that keeps growing past the retries fails."""
+    import lmdb
+
+    from keyswarm.storage import lmdb_log
+
+    class Env:
+        def __init__(self, resized: int):
+            self.resized, self.adopted = resized, 0
+
+        def begin(self, **kwargs: object) -> str:
+            if self.resized:
+                self.resized -= 1
+                raise lmdb.MapResizedError("mdb_txn_begin: MDB_MAP_RESIZED")
+            return f"txn{kwargs}"
+
+        def set_mapsize(self, size: int) -> None:
+            assert size == 0  # 0: adopt the size the file now has
+            self.adopted += 1
+
+    env = Env(resized=2)
+    assert lmdb_log._begin(env, buffers=True) == "txn{'buffers': True}" and env.adopted == 2
+    env = Env(resized=lmdb_log._RESIZE_ATTEMPTS)
+    with pytest.raises(lmdb.MapResizedError):
+        lmdb_log._begin(env)
