@@ -156,7 +156,14 @@ class LmdbLog(EventLog):
                 cls._check_size(env, data)
                 if not readonly:
                     env.reader_check()  # free the reader slots of processes that died
-                meta, dbs = cls._open_dbs(env, path, expected, creating)
+                for attempt in range(_RESIZE_ATTEMPTS):
+                    try:
+                        meta, dbs = cls._open_dbs(env, path, expected, creating)
+                        break
+                    except lmdb.MapResizedError:  # from any of its transactions, open_db's own included
+                        if attempt == _RESIZE_ATTEMPTS - 1:
+                            raise
+                        env.set_mapsize(0)  # a writer grew the map while we opened: adopt its size
             return cls(env=env, dbs=dbs, meta=meta, path=path, readonly=readonly)
         except BaseException:
             env.close()

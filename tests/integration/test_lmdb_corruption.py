@@ -430,3 +430,25 @@ def test_a_reader_adopts_a_map_another_process_grew_even_on_its_first_transactio
     env = Env(resized=lmdb_log._RESIZE_ATTEMPTS)
     with pytest.raises(lmdb.MapResizedError):
         lmdb_log._begin(env)
+
+
+def test_opening_beside_a_writer_adopts_a_grown_map_whichever_transaction_sees_it(tmp_path: Path, monkeypatch) -> None:
+    """open_db starts transactions of its own: a map grown while a reader opens the log is adopted
+    there too (MDB_MAP_RESIZED from any step of opening is retried after set_mapsize(0))."""
+    import lmdb
+
+    from keyswarm.storage import lmdb_log
+
+    LmdbLog.open(tmp_path / "log", node_id="n1", partitions=4, genesis=b"g").close()
+    real = lmdb_log.LmdbLog._open_dbs
+    calls = []
+
+    def flaky(env, path, expected, creating):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) <= 2:
+            raise lmdb.MapResizedError("mdb_txn_begin: MDB_MAP_RESIZED")
+        return real(env, path, expected, creating)
+
+    monkeypatch.setattr(lmdb_log.LmdbLog, "_open_dbs", staticmethod(flaky))
+    with LmdbLog.open_existing(tmp_path / "log") as log:
+        assert log.heads() == {} and len(calls) == 3
