@@ -51,7 +51,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(1, str(BENCH_DIR.parent))  # a source checkout runs without an install
 
-from common import add_bench_args, median_of, record, write_results  # noqa: E402
+from common import add_bench_args, record, write_results  # noqa: E402
 
 from keyswarm.transport.malloc_tuning import keep_large_buffers  # noqa: E402
 
@@ -250,8 +250,6 @@ def stop(process: subprocess.Popen) -> None:
 # --- the measurements ---------------------------------------------------------------------
 
 
-class _Skipped(Exception):
-    """A group left out by --only."""
 
 
 async def setup(pki: dict[str, Path], endpoint: str, node_proc: subprocess.Popen, log: Path):
@@ -393,9 +391,26 @@ async def rest(args, want, series, ops, client, base: dict, records: list[dict],
 
     # bulk 1 MiB
     ops["bulk"] = lambda: client.encrypt("bench/aes", BULK)
+    if want("bulk"):
+        await bulk_series(series, ops, client, base, records, med)
+
+    # key ops: create + rotate, pipelined
+    counter = iter(range(10**9))
+
+    async def key_op() -> None:
+        name = f"bench/k{next(counter)}"
+        await client.create_key(name, "aes256-gcm")
+        await client.rotate_key(name)
+
+    ops["keyops"] = key_op
+    if want("keyops"):
+        await keyops_series(series, base, records, med)
+    if want("auth"):
+        await auth_series(args, pki, endpoint, records, med)
+
+
+async def bulk_series(series, ops, client, base: dict, records: list[dict], med) -> None:
     try:
-        if not want("bulk"):
-            raise _Skipped
         r = await series("bulk", 4, bytes_per_call=len(BULK))
         print(f"bulk Gbit/s {[round(x['gbit_s'], 3) for x in r]}", flush=True)
         records.append(record("service.bulk_encrypt_gbit_s", round(med(x["gbit_s"] for x in r), 3), "Gbit/s", target=10,
@@ -417,26 +432,10 @@ async def rest(args, want, series, ops, client, base: dict, records: list[dict],
                                       "what": "AsyncClient.encrypt_envelope: one datakey request to the node per "
                                               "1 MiB, AES-256-GCM in the client; not the same measurement as "
                                               "service.bulk_encrypt_gbit_s, where every byte crosses the node"}))
-    except _Skipped:
-        pass
     except Exception as exc:  # e.g. TOO_LARGE
         print(f"bulk failed: {exc!r}", flush=True)
         records.append(record("service.bulk_encrypt_gbit_s", None, "Gbit/s", target=10,
                               params={"error": repr(exc)[:300], "plaintext_bytes": len(BULK)}))
-
-    # key ops: create + rotate, pipelined
-    counter = iter(range(10**9))
-
-    async def key_op() -> None:
-        name = f"bench/k{next(counter)}"
-        await client.create_key(name, "aes256-gcm")
-        await client.rotate_key(name)
-
-    ops["keyops"] = key_op
-    if want("keyops"):
-        await keyops_series(series, base, records, med)
-    if want("auth"):
-        await auth_series(args, pki, endpoint, records, med)
 
 
 async def keyops_series(series, base: dict, records: list[dict], med) -> None:

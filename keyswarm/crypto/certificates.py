@@ -245,6 +245,16 @@ def node_certificate(
     return _sign_issued(root_token, root_cert, builder)
 
 
+def _require_own_ed25519(node_token: Token, node_cert: x509.Certificate, node_name: str, key: object,
+                         what: str) -> None:
+    """A node certifies only its own keys (`what`: "sub-key", "event signer"), and only Ed25519 ones."""
+    issuer = _require_issuer(node_token, node_cert, ("node",), f"a {what} certificate")
+    if issuer.name != node_name:
+        raise BadCertificateRequest(f"node {issuer.name!r} cannot certify the {what} of node {node_name!r}")
+    if not isinstance(key, Ed25519PublicKey):
+        raise BadCertificateRequest(f"the {what} key must be Ed25519, not {type(key).__name__}")
+
+
 def subkey_certificate(
     node_token: Token,
     node_cert: x509.Certificate,
@@ -257,11 +267,7 @@ def subkey_certificate(
     lifetime: timedelta = DEFAULT_SUBKEY_LIFETIME,
 ) -> x509.Certificate:
     """A short-lived sub-key certificate: the node's token certifies an Ed25519 + X25519 pair."""
-    issuer = _require_issuer(node_token, node_cert, ("node",), "a sub-key certificate")
-    if issuer.name != node_name:
-        raise BadCertificateRequest(f"node {issuer.name!r} cannot certify sub-keys for node {node_name!r}")
-    if not isinstance(signing_public_key, Ed25519PublicKey):
-        raise BadCertificateRequest(f"sub-key signing key must be Ed25519, not {type(signing_public_key).__name__}")
+    _require_own_ed25519(node_token, node_cert, node_name, signing_public_key, "sub-key")
     if not isinstance(agreement_key, X25519PublicKey):
         raise BadCertificateRequest(f"sub-key agreement key must be X25519, not {type(agreement_key).__name__}")
     builder = _issued_builder(node_cert, signing_public_key, "subkey", node_name, serial, None, now, lifetime)
@@ -290,11 +296,7 @@ def signer_certificate(
     Valid until `now + lifetime` or the node certificate's notAfter, whichever
     comes first (a node cannot vouch past its own validity).
     """
-    issuer = _require_issuer(node_token, node_cert, ("node",), "a signer certificate")
-    if issuer.name != node_name:
-        raise BadCertificateRequest(f"node {issuer.name!r} cannot certify the event signer of node {node_name!r}")
-    if not isinstance(signing_public_key, Ed25519PublicKey):
-        raise BadCertificateRequest(f"an event signing key must be Ed25519, not {type(signing_public_key).__name__}")
+    _require_own_ed25519(node_token, node_cert, node_name, signing_public_key, "event signer")
     if now.tzinfo is None:
         raise BadCertificateRequest("`now` must be timezone-aware (UTC)")
     start = now.astimezone(timezone.utc).replace(microsecond=0)

@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from keyswarm.errors import AuthError, TokenAbsent, TokenError
+from keyswarm.fileio import read_at_most
 from keyswarm.hardware.token import (
     IDENTITY_ALGORITHMS,
     SEALING_ALGORITHM_FOR,
@@ -406,20 +407,14 @@ def _read_key_file(path: Path) -> bytes:
                 f"{path}: permissions {mode:04o} are too open; a key file must be accessible by its owner only "
                 f"(run: chmod 600 {path})"
             )
-        chunks, size = [], 0
-        while size <= MAX_FILE_BYTES:
-            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_at_most(fd, MAX_FILE_BYTES)
     except OSError as exc:
         raise TokenError(f"{path}: cannot read key file: {exc.strerror}") from exc
     finally:
         os.close(fd)
-    if size > MAX_FILE_BYTES:
+    if len(data) > MAX_FILE_BYTES:
         raise TokenError(f"{path}: key file is larger than {MAX_FILE_BYTES} bytes; not a keyswarm key file")
-    return b"".join(chunks)
+    return data
 
 
 def _replace_file(path: Path, data: bytes) -> None:

@@ -27,6 +27,7 @@ import stat
 from pathlib import Path
 
 from keyswarm.errors import DecodeError, KeyswarmError
+from keyswarm.fileio import read_at_most
 from keyswarm.storage.bodies import SignerKey, decode_body
 from keyswarm.storage.chain import Signer
 from keyswarm.storage.log import EventLog
@@ -69,12 +70,7 @@ def load_node_key(path: str | Path) -> bytes:
             raise NodeKeyError(f"node signing key {path} is owned by uid {info.st_uid}, not by this node's user")
         if info.st_size != KEY_BYTES:
             raise NodeKeyError(f"node signing key {path} is {info.st_size} bytes; a key file is exactly {KEY_BYTES}")
-        key = b""
-        while len(key) < KEY_BYTES + 1:
-            chunk = os.read(fd, KEY_BYTES + 1 - len(key))
-            if not chunk:
-                break
-            key += chunk
+        key = read_at_most(fd, KEY_BYTES)
     except OSError as exc:
         raise NodeKeyError(f"cannot read node signing key {path}: {exc.strerror}") from exc
     finally:

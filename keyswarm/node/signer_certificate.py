@@ -35,6 +35,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -48,6 +49,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from keyswarm.crypto.certificates import network_id, signer_certificate
 from keyswarm.crypto.chain_verify import CertificateInvalid, verify_chain
+from keyswarm.fileio import read_at_most
 from keyswarm.errors import ConfigError, KeyswarmError
 from keyswarm.hardware.token import Entropy, Token
 
@@ -200,10 +202,8 @@ def write_signer_certificate(path: str | Path, cert: x509.Certificate) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):  # best effort: the error below is what matters
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise ConfigError(f"cannot write the signer certificate {path}: {exc.strerror or exc}",
                           field="node.data_dir") from exc
 
@@ -234,17 +234,11 @@ def _read_small_file(path: Path) -> bytes:
         if info.st_size > MAX_FILE_BYTES:
             raise SignerCertificateProblem(f"{path} is {info.st_size:,} bytes; a signer certificate is under "
                                            f"{MAX_FILE_BYTES:,}")
-        chunks, size = [], 0
-        while size <= MAX_FILE_BYTES:
-            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_at_most(fd, MAX_FILE_BYTES)
     except OSError as exc:
         raise SignerCertificateProblem(f"cannot read {path}: {exc.strerror or exc}") from exc
     finally:
         os.close(fd)
-    if size > MAX_FILE_BYTES:
+    if len(data) > MAX_FILE_BYTES:
         raise SignerCertificateProblem(f"{path} grew past {MAX_FILE_BYTES:,} bytes while it was read")
-    return b"".join(chunks)
+    return data

@@ -229,7 +229,7 @@ def test_builders_refuse_what_they_must_not_issue(pki: Pki) -> None:
         node_certificate(pki.admin_token, pki.admin, key, node_name="x", now=NOW)
     with pytest.raises(BadCertificateRequest, match="only the root issues admin"):
         client_certificate(pki.admin_token, pki.admin, key, client_name="x", now=NOW, admin=True)
-    with pytest.raises(BadCertificateRequest, match="cannot certify sub-keys for node 'n2'"):
+    with pytest.raises(BadCertificateRequest, match="cannot certify the sub-key of node 'n2'"):
         subkey_certificate(pki.node_token, pki.node, key, X25519PrivateKey.generate().public_key(),
                            node_name="n2", serial=1, now=NOW)  # fmt: skip
     with pytest.raises(BadCertificateRequest, match="agreement key must be X25519"):
